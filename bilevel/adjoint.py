@@ -1,0 +1,236 @@
+"""How to differentiate: the implicit adjoint and the report of its last use.
+
+Reverse mode solves ``Bᵀu = −v`` and returns ``Aᵀu``; forward mode solves ``B ẏ = −A θ̇``, with
+``[A B] = [∂θH ∂yH]`` at ``(θ, y*)``.
+
+**Support restriction.** When the solver reports *inactive* coordinates ``I`` (rows of ``B`` that
+are unit rows ``e_iᵀ``, e.g. where the prox Jacobian vanishes), with ``S`` the rest,
+
+    reverse:  B_SSᵀ u_S = −v_S,            u_I = −v_I − (Bᵀ[u_S; 0])_I
+    forward:  B_SS ẏ_S = r_S − (B[0; r_I])_S,   ẏ_I = r_I        (r = −A θ̇)
+
+so only the ``|S|``-dimensional system is solved. This is exact, not an approximation, and holds
+for any mapping with unit rows, not only the Lasso.
+
+**Linear solvers.** ``"lu"``, ``"cholesky"``, ``"lstsq"`` materialise ``B_SS`` (one batched VJP
+per active coordinate) and check its conditioning; ``"cg"``, ``"minres"``, ``"gmres"``,
+``"bicgstab"``, ``"neumann"`` are matrix-free. ``"auto"`` takes LU when the active set is small
+(``≤ dense_max`` coordinates) — exact, with a singularity check — else CG when the solver says
+``B_SS`` is symmetric, else GMRES.
+
+**Singularity.** Dense solvers compute the reciprocal condition number of ``B_SS`` and raise
+:class:`~bilevel.errors.SingularJacobianError` below ``rcond_min``. Matrix-free solvers can only
+see a singular ``B_SS`` when the right-hand side is not in its range (the solve then misses its
+tolerance, which also raises); on a consistent singular system they return one solution.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from bilevel.errors import AdjointFallbackWarning, SingularJacobianError
+from bilevel.linalg import ITERATIVE, LinearSolveInfo, dense_solve, reciprocal_condition
+from bilevel.linearization import Linearization
+from solvers.base import SolveInfo
+
+LINEAR_SOLVERS = ("auto", "lu", "cholesky", "lstsq", *ITERATIVE)
+
+
+@dataclass
+class ImplicitReport:
+    """What the last implicit solve and its derivative did.
+
+    Attributes:
+        inner: the inner solver's :class:`~solvers.base.SolveInfo` (None if it gives none).
+        n_kinks: coordinates within ``kink_tol`` of a kink of the optimality mapping.
+        restricted_size: unknowns of the adjoint system after the support restriction.
+        full_size: unknowns before the restriction.
+        linear_solver: the linear solver actually used (after ``"auto"`` resolved).
+        linear: iterations and residual of the last adjoint / tangent linear solve.
+        rcond: smallest reciprocal condition number of ``B_SS`` over the batch (dense solvers).
+    """
+
+    inner: SolveInfo | None = None
+    n_kinks: int = 0
+    restricted_size: int = 0
+    full_size: int = 0
+    linear_solver: str = ""
+    linear: LinearSolveInfo | None = None
+    rcond: float | None = None
+
+
+@dataclass
+class ImplicitAdjoint:
+    """Differentiate ``y*(θ)`` by the implicit function theorem.
+
+    Args:
+        linear_solver: one of ``LINEAR_SOLVERS``.
+        tol: relative residual of the adjoint linear solve (default ``max(1e-10, 100·eps)``).
+        maxiter: iteration cap of matrix-free solvers (default: the solver's own).
+        ridge: solve with ``B + ridge·I`` instead of ``B`` (a fallback for singular systems;
+            warns with :class:`AdjointFallbackWarning`).
+        restrict: use the solver's inactive-set hint to solve on the active set only.
+        kink_tol: distance to a kink below which a coordinate counts as kinked (default: 10×
+            the inner solver's tolerance).
+        dense_max: largest active set for which ``"auto"`` materialises ``B_SS``.
+        rcond_min: reciprocal condition number below which ``B_SS`` counts as singular
+            (default ``100·k·eps``).
+
+    Attributes:
+        report: :class:`ImplicitReport` of the last solve this adjoint served.
+    """
+
+    linear_solver: str = "auto"
+    tol: float | None = None
+    maxiter: int | None = None
+    ridge: float = 0.0
+    restrict: bool = True
+    kink_tol: float | None = None
+    dense_max: int = 256
+    rcond_min: float | None = None
+    report: ImplicitReport = field(default_factory=ImplicitReport, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.linear_solver not in LINEAR_SOLVERS:
+            raise ValueError(
+                f"unknown linear_solver {self.linear_solver!r}; choose one of {LINEAR_SOLVERS}"
+            )
+        if self.ridge < 0 or not math.isfinite(self.ridge):
+            raise ValueError(f"ridge must be a finite number ≥ 0, got {self.ridge}")
+
+    # -- the two modes -------------------------------------------------------------------------
+
+    def reverse(self, lin: Linearization, v: Tensor, inactive: Tensor | None,
+                symmetric: bool) -> Tensor:
+        """Return ``u`` (``(m, k)``) solving ``Bᵀu = −v`` (``v`` in the ``(m, k)`` layout)."""
+        active = self._active(lin, inactive)
+        rhs = -v if active is None else torch.where(active, -v, torch.zeros_like(v))
+        u = self._solve(lin, rhs, active, symmetric, transpose=True)
+        if active is not None:
+            u = u + torch.where(active, torch.zeros_like(v), -v - lin.rmatvec_y(u))
+        return u
+
+    def forward(self, lin: Linearization, r: Tensor, inactive: Tensor | None,
+                symmetric: bool) -> Tensor:
+        """Return ``ẏ`` (``(m, k)``) solving ``B ẏ = r``."""
+        active = self._active(lin, inactive)
+        if active is None:
+            return self._solve(lin, r, None, symmetric, transpose=False)
+        r_inactive = torch.where(active, torch.zeros_like(r), r)
+        rhs = torch.where(active, r - lin.matvec(r_inactive), torch.zeros_like(r))
+        return self._solve(lin, rhs, active, symmetric, transpose=False) + r_inactive
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _active(self, lin: Linearization, inactive: Tensor | None) -> Tensor | None:
+        self.report.full_size = lin.m * lin.k
+        if not self.restrict or inactive is None:
+            self.report.restricted_size = lin.m * lin.k
+            return None
+        active = ~lin.flat(inactive)
+        self.report.restricted_size = int(active.sum())
+        return active
+
+    def _resolve(self, lin: Linearization, active: Tensor | None, symmetric: bool) -> str:
+        if self.linear_solver != "auto":
+            return self.linear_solver
+        n_columns = lin.k if active is None else int(active.any(0).sum())
+        if n_columns <= self.dense_max:
+            return "lu"
+        return "cg" if symmetric else "gmres"
+
+    def _solve(self, lin: Linearization, rhs: Tensor, active: Tensor | None, symmetric: bool,
+               transpose: bool) -> Tensor:
+        method = self._resolve(lin, active, symmetric)
+        self.report.linear_solver = method
+        if self.ridge > 0:
+            warnings.warn(
+                f"adjoint solved with B + {self.ridge:g}·I (ridge fallback): the derivative is "
+                "that of a regularised system",
+                AdjointFallbackWarning,
+                stacklevel=4,
+            )
+        if method in ITERATIVE:
+            return self._solve_iterative(method, lin, rhs, active, transpose)
+        return self._solve_dense(method, lin, rhs, active, transpose)
+
+    def _solve_iterative(self, method: str, lin: Linearization, rhs: Tensor,
+                         active: Tensor | None, transpose: bool) -> Tensor:
+        product: Callable[[Tensor], Tensor] = lin.rmatvec_y if transpose else lin.matvec
+
+        def operator(x: Tensor) -> Tensor:
+            if active is None:
+                return product(x) + self.ridge * x
+            x = torch.where(active, x, torch.zeros_like(x))
+            out = product(x) + self.ridge * x
+            return torch.where(active, out, torch.zeros_like(out))
+
+        tol = self._tol(rhs)
+        kwargs = {} if self.maxiter is None else {"maxiter": self.maxiter}
+        x, info = ITERATIVE[method](operator, rhs, tol=tol, **kwargs)
+        self.report.linear = info
+        self.report.rcond = None
+        if not info.converged:
+            raise SingularJacobianError(
+                f"the adjoint linear solve ({method}) stopped after {info.iterations} iterations "
+                f"at relative residual {info.residual:.2e} > tol {tol:.1e}: ∂yH is singular or "
+                "ill-conditioned on the active set (duplicated or collinear active features?). "
+                "Fix the cause, raise ImplicitAdjoint(maxiter=...), or opt into a fallback: "
+                "ImplicitAdjoint(ridge=1e-8) or ImplicitAdjoint(linear_solver='lstsq')."
+            )
+        return x
+
+    def _solve_dense(self, method: str, lin: Linearization, rhs: Tensor,
+                     active: Tensor | None, transpose: bool) -> Tensor:
+        if active is None:
+            index = torch.arange(lin.k, device=rhs.device)
+            keep = None
+        else:
+            index = active.any(0).nonzero().flatten()
+            keep = active[:, index]
+        matrix = lin.rows_y(index)
+        if transpose:
+            matrix = matrix.transpose(-1, -2)
+        eye = torch.eye(index.numel(), dtype=matrix.dtype, device=matrix.device)
+        if keep is not None:  # decouple the coordinates inactive for one problem but not another
+            pair = keep[:, :, None] & keep[:, None, :]
+            matrix = torch.where(pair, matrix, eye.expand_as(matrix))
+        if self.ridge > 0:
+            matrix = matrix + self.ridge * eye
+        rcond = reciprocal_condition(matrix) if index.numel() else torch.ones(lin.m)
+        rcond_min = self.rcond_min
+        if rcond_min is None:
+            rcond_min = 100 * max(index.numel(), 1) * torch.finfo(matrix.dtype).eps
+        self.report.rcond = float(rcond.min()) if rcond.numel() else None
+        singular = (rcond < rcond_min).nonzero().flatten().tolist()
+        if singular and method != "lstsq":
+            items = "" if lin.m == 1 else f" for batch items {singular[:10]}"
+            raise SingularJacobianError(
+                f"∂yH is singular on the active set{items} (reciprocal condition "
+                f"{float(rcond.min()):.1e} < {rcond_min:.1e}, {index.numel()} active coordinates)"
+                ": duplicated or collinear active features? Remove them, or opt into a fallback: "
+                "ImplicitAdjoint(ridge=1e-8) or ImplicitAdjoint(linear_solver='lstsq')."
+            )
+        if singular:
+            warnings.warn(
+                f"∂yH is singular on the active set (reciprocal condition {float(rcond.min()):.1e})"
+                ": returning the minimum-norm least-squares adjoint",
+                AdjointFallbackWarning,
+                stacklevel=4,
+            )
+        x_small, info = dense_solve(matrix, rhs[:, index], method=method, tol=self._tol(rhs))
+        self.report.linear = info
+        out = torch.zeros_like(rhs)
+        out[:, index] = x_small if keep is None else torch.where(keep, x_small, 0.0)
+        return out
+
+    def _tol(self, rhs: Tensor) -> float:
+        if self.tol is not None:
+            return self.tol
+        return max(1e-10, 100 * torch.finfo(rhs.dtype).eps)

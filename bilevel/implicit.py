@@ -1,0 +1,198 @@
+"""``implicit_solve``: the solution of an inner problem with its implicit derivative attached.
+
+Given an inner solver with optimality mapping ``H(θ, y)`` and ``y* = solver.run(θ)`` so that
+``H(θ, y*) = 0``, the nonsmooth implicit function theorem (Bolte, Le, Pauwels, Silveti-Falls
+2021) says: if every y-block ``B`` of the conservative Jacobian ``[A B]`` of ``H`` is invertible,
+then ``−B⁻¹A`` is a conservative Jacobian of ``θ ↦ y*(θ)``. This module returns ``y*`` as the
+output of a ``torch.autograd.Function`` whose
+
+- backward solves ``Bᵀu = −v`` and returns ``Aᵀu`` (``v = ∂F/∂y``);
+- jvp solves ``B ẏ = −A θ̇`` (``torch.func.jvp`` and ``torch.autograd.forward_ad``),
+
+with ``[A B]`` obtained by autodiff of ``H`` at ``(θ, y*)`` (one element of the conservative
+Jacobian, the one the solver's operators select at kinks). How the linear systems are solved is
+the :class:`~bilevel.adjoint.ImplicitAdjoint` passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from bilevel.adjoint import ImplicitAdjoint, ImplicitReport
+from bilevel.errors import KinkWarning
+from bilevel.linearization import Linearization
+from solvers.base import InnerSolver, Structure, Theta
+
+
+def implicit_solve(
+    solver: InnerSolver,
+    theta: Theta,
+    init: Tensor | None = None,
+    *,
+    adjoint: ImplicitAdjoint | None = None,
+) -> Tensor:
+    """Solve the inner problem at ``theta`` and attach the implicit derivative of ``y*(θ)``.
+
+    Args:
+        solver: an inner solver (``run`` and ``optimality``; hints ``info``, ``structure``,
+            ``batch_ndim`` are used when present).
+        theta: a floating Tensor or a tuple of floating Tensors (same dtype and device).
+        init: warm start for the inner solver, on the dtype and device of ``theta``.
+        adjoint: how to differentiate (default ``ImplicitAdjoint()``); its ``report`` holds the
+            diagnostics of this solve once it ran (and of the derivative once taken).
+
+    Returns:
+        ``y*(θ)``; backward and forward-mode AD through it use the implicit function theorem.
+
+    Raises:
+        TypeError / ValueError: bad ``theta`` or ``init`` (the message names the argument).
+        RuntimeError: the inner solver returned non-finite values.
+        bilevel.SingularJacobianError: (at differentiation) ``∂yH`` singular on the active set.
+
+    Warns:
+        bilevel.KinkWarning: ``y*`` is within ``kink_tol`` of a kink of ``H``.
+        bilevel.ConvergenceWarning: (from the solver) the inner solve stopped above tolerance.
+    """
+    thetas = _check_theta(theta)
+    _check_init(init, thetas[0])
+    problem = _ImplicitProblem(solver, isinstance(theta, Tensor), adjoint or ImplicitAdjoint())
+    return _Implicit.apply(problem, init, *thetas)
+
+
+class _ImplicitProblem:
+    """One inner problem: solves it, then serves derivative products at the solution."""
+
+    def __init__(self, solver: InnerSolver, single: bool, adjoint: ImplicitAdjoint):
+        self.solver = solver
+        self.single = single
+        self.adjoint = adjoint
+        self._lin: Linearization | None = None
+
+    def theta_arg(self, thetas: tuple[Tensor, ...]) -> Theta:
+        return thetas[0] if self.single else thetas
+
+    def solve(self, init: Tensor | None, thetas: tuple[Tensor, ...]) -> Tensor:
+        self.thetas = tuple(t.detach() for t in thetas)
+        theta = self.theta_arg(self.thetas)
+        y = self.solver.run(theta, init).detach()
+        if not torch.isfinite(y).all():
+            raise RuntimeError(
+                f"{type(self.solver).__name__}.run returned non-finite values: check the data "
+                "and theta for NaN/Inf and the inner problem for divergence"
+            )
+        self.y = y
+        self.adjoint.report = report = ImplicitReport(inner=getattr(self.solver, "info", None))
+        self.structure = _structure(self.solver, y, theta)
+        if self.structure.kink_distance is not None:
+            kink_tol = self.adjoint.kink_tol
+            if kink_tol is None:
+                tol = getattr(self.solver, "tol", None)
+                kink_tol = 10 * tol if tol else math.sqrt(torch.finfo(y.dtype).eps)
+            report.n_kinks = int((self.structure.kink_distance <= kink_tol).sum())
+            if report.n_kinks:
+                warnings.warn(
+                    f"{report.n_kinks} coordinate(s) of y* lie within {kink_tol:.1e} of a kink "
+                    "of the optimality mapping: the derivative is one element of the "
+                    "conservative Jacobian (the constant-piece selection); "
+                    "bilevel.kink_certificate tells whether the hypergradient depends on it",
+                    KinkWarning,
+                    stacklevel=5,
+                )
+        return y
+
+    @property
+    def lin(self) -> Linearization:
+        if self._lin is None:
+            solver, single = self.solver, self.single
+
+            def mapping(y: Tensor, thetas: tuple[Tensor, ...]) -> Tensor:
+                return solver.optimality(y, thetas[0] if single else thetas)
+
+            self._lin = Linearization(
+                mapping, self.y, self.thetas, getattr(self.solver, "batch_ndim", 0)
+            )
+        return self._lin
+
+    def vjp(self, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        lin = self.lin
+        u = self.adjoint.reverse(
+            lin, lin.flat(grad_y), self._inactive(), self.structure.symmetric
+        )
+        return lin.rmatvec_theta(u)
+
+    def jvp(self, theta_dots: tuple[Tensor | None, ...]) -> Tensor:
+        lin = self.lin
+        r = -lin.matvec(None, theta_dots)
+        y_dot = self.adjoint.forward(lin, r, self._inactive(), self.structure.symmetric)
+        return lin.unflat(y_dot)
+
+    def _inactive(self) -> Tensor | None:
+        return self.structure.inactive
+
+
+class _Implicit(torch.autograd.Function):
+    @staticmethod
+    def forward(problem: _ImplicitProblem, init: Tensor | None, *thetas: Tensor) -> Tensor:
+        return problem.solve(init, thetas)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.problem = inputs[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        grads = ctx.problem.vjp(grad_y)
+        return (None, None, *grads)
+
+    @staticmethod
+    def jvp(ctx: Any, _problem: None, _init: Tensor | None, *theta_dots: Tensor | None) -> Tensor:
+        return ctx.problem.jvp(theta_dots)
+
+
+def _structure(solver: InnerSolver, y: Tensor, theta: Theta) -> Structure:
+    get = getattr(solver, "structure", None)
+    return get(y, theta) if get is not None else Structure()
+
+
+def _check_theta(theta: Theta) -> tuple[Tensor, ...]:
+    thetas = (theta,) if isinstance(theta, Tensor) else theta
+    if not isinstance(thetas, tuple) or not thetas:
+        raise TypeError(
+            f"theta must be a Tensor or a non-empty tuple of Tensors, got {type(theta).__name__}"
+        )
+    first = thetas[0]
+    for i, t in enumerate(thetas):
+        name = "theta" if len(thetas) == 1 else f"theta[{i}]"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point Tensor, got dtype {t.dtype}")
+        if t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(
+                f"{name} is {t.dtype} on {t.device} but theta[0] is {first.dtype} on "
+                f"{first.device}: put every theta on one dtype and device"
+            )
+        if not torch.isfinite(t.detach()).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+    return thetas
+
+
+def _check_init(init: Tensor | None, theta: Tensor) -> None:
+    if init is None:
+        return
+    if not isinstance(init, Tensor):
+        raise TypeError(f"init must be a Tensor or None, got {type(init).__name__}")
+    if init.dtype != theta.dtype or init.device != theta.device:
+        raise ValueError(
+            f"init is {init.dtype} on {init.device} but theta is {theta.dtype} on "
+            f"{theta.device}: pass init with theta's dtype and device"
+        )
+    if not torch.isfinite(init).all():
+        raise ValueError("init contains NaN or Inf")

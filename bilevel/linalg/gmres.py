@@ -1,0 +1,157 @@
+"""Batched restarted GMRES for general square systems.
+
+Solves ``M_i x_i = b_i`` for every row ``i``, with no assumption on ``M_i`` beyond
+invertibility on the Krylov space that is explored. One cycle runs ``J = min(restart, k)``
+Arnoldi steps from the current residual ``r = b − M x`` (orthonormal basis ``V``, Hessenberg
+``H`` with ``M V_J = V_{J+1} H``, Gram–Schmidt applied twice for stability), reduces ``H`` to
+upper-triangular ``R`` with Givens rotations, and reads the least-squares residual
+``min_y ‖β e₁ − H y‖ = |g_{j+1}|`` off the rotated right-hand side at every step. At the end of a
+cycle ``x ← x + V R⁻¹ g``, the true residual is recomputed and the next cycle restarts from it.
+
+A row stops when ``‖r_i‖ ≤ tol · ‖b_i‖`` (the estimate ends a cycle early, the true residual
+decides). A zero diagonal in ``R`` (singular projected system) is a breakdown: the row keeps
+the update of the steps before it and is reported unconverged. Restarting may stall on
+strongly non-normal or indefinite operators; ``restart = k`` is full GMRES, exact after ``k``
+steps in exact arithmetic. Memory is ``O(m · restart · k)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bilevel.linalg.base import (
+    LinearSolveInfo,
+    MatVec,
+    apply,
+    make_info,
+    ratio,
+    resolve_maxiter,
+    row_norm,
+    start,
+)
+
+
+def _rotate(h: Tensor, cs: Tensor, sn: Tensor, j: int) -> None:
+    """Apply the ``j`` previous Givens rotations (in place) to a new Hessenberg column ``h``."""
+    for i in range(j):
+        a, c = h[:, i].clone(), h[:, i + 1].clone()
+        h[:, i] = cs[:, i] * a + sn[:, i] * c
+        h[:, i + 1] = cs[:, i] * c - sn[:, i] * a
+
+
+def _cycle(
+    matvec: MatVec, r: Tensor, beta: Tensor, threshold: Tensor, active: Tensor, steps: int
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Run one GMRES cycle of at most ``steps`` Arnoldi steps on the ``active`` rows.
+
+    Args:
+        matvec: the operator.
+        r: ``(m, k)`` residuals the cycle starts from; ``beta`` their norms.
+        threshold: per-row absolute residual tolerance.
+        active: rows to iterate.
+        steps: largest number of Arnoldi steps.
+
+    Returns:
+        ``(dx, used, broken, calls)``: the correction to add to ``x``, the per-row number of
+        successful steps, the rows that broke down and the number of ``matvec`` calls made.
+    """
+    m, k = r.shape
+    basis = r.new_zeros(m, steps + 1, k)
+    rmat = r.new_zeros(m, steps, steps)
+    cs, sn = r.new_zeros(m, steps), r.new_zeros(m, steps)
+    g = r.new_zeros(m, steps + 1)
+    g[:, 0] = beta
+    basis[:, 0] = ratio(r, beta[:, None].expand_as(r))[0]
+    used = torch.zeros(m, dtype=torch.long, device=r.device)  # columns of R usable per row
+    broken = torch.zeros_like(active)
+
+    calls = 0
+    for j in range(steps):
+        if not bool(active.any()):
+            break
+        calls += 1
+        w = apply(matvec, basis[:, j], active)
+        v = basis[:, : j + 1]
+        h = torch.einsum("mik,mk->mi", v, w)
+        w = w - torch.einsum("mi,mik->mk", h, v)
+        h2 = torch.einsum("mik,mk->mi", v, w)  # second Gram–Schmidt pass
+        w = w - torch.einsum("mi,mik->mk", h2, v)
+        hnorm = row_norm(w)
+        basis[:, j + 1] = ratio(w, hnorm[:, None].expand_as(w))[0]
+        col = torch.cat([h + h2, hnorm[:, None]], dim=1)
+        _rotate(col, cs, sn, j)
+        diag = torch.hypot(col[:, j], col[:, j + 1])
+        cs[:, j], ok = ratio(col[:, j], diag)
+        sn[:, j] = ratio(col[:, j + 1], diag)[0]
+        rmat[:, : j + 1, j] = torch.cat([col[:, :j], diag[:, None]], dim=1)
+        g[:, j + 1] = -sn[:, j] * g[:, j]
+        g[:, j] = cs[:, j] * g[:, j]
+
+        step = active & ok
+        broken |= active & ~ok
+        used = used + step
+        active = step & (g[:, j + 1].abs() > threshold)
+
+    # Solve R y = g on each row's first `used` columns: pad the rest with a unit diagonal.
+    keep = torch.arange(steps, device=r.device) < used[:, None]
+    rmat = rmat * keep[:, None, :] + torch.diag_embed((~keep).to(r.dtype))
+    rhs = torch.where(keep, g[:, :steps], 0.0)
+    y = torch.linalg.solve_triangular(rmat, rhs[:, :, None], upper=True)[:, :, 0]
+    return torch.einsum("mj,mjk->mk", y, basis[:, :steps]), used, broken, calls
+
+
+def gmres(
+    matvec: MatVec,
+    b: Tensor,
+    *,
+    x0: Tensor | None = None,
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    restart: int = 50,
+) -> tuple[Tensor, LinearSolveInfo]:
+    """Solve ``M x = b`` row by row with restarted GMRES.
+
+    Args:
+        matvec: block-diagonal operator, ``(m, k) -> (m, k)``.
+        b: ``(m, k)`` right-hand sides.
+        x0: optional ``(m, k)`` initial guess.
+        tol: relative residual tolerance.
+        maxiter: largest total number of Arnoldi ``matvec`` calls over all cycles (the residual
+            recomputed at each restart is not counted); default ``10 k``.
+        restart: Arnoldi steps per cycle, capped at ``k``.
+
+    Returns:
+        ``(x, info)`` with ``x`` of ``b``'s shape, dtype and device.
+
+    Raises:
+        ValueError: on malformed inputs (see :func:`bilevel.linalg.base.start`) or
+            ``restart < 1``.
+    """
+    if restart < 1:
+        raise ValueError(f"restart must be at least 1, got {restart}")
+    x, threshold = start(b, x0, tol)
+    maxiter = resolve_maxiter(maxiter, 10 * b.shape[-1])
+    restart = min(restart, max(b.shape[-1], 1))
+    bnorm = row_norm(b)
+    broken = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    its = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+    total = 0
+    r = b if x0 is None else b - apply(matvec, x)
+
+    while True:
+        beta = row_norm(r)
+        active = (beta > threshold) & ~broken
+        if total >= maxiter or not bool(active.any()):
+            break
+        steps = min(restart, maxiter - total)
+        dx, used, new_broken, calls = _cycle(matvec, r, beta, threshold, active, steps)
+        x = torch.where(active[:, None], x + dx, x)
+        its += used + new_broken  # a step that broke down still cost a matvec
+        total += calls
+        broken |= new_broken
+        r = b - apply(matvec, x)
+
+    nonzero = bnorm > 0
+    residual = torch.where(nonzero, row_norm(r) / torch.where(nonzero, bnorm, 1.0), 0.0)
+    return x, make_info("gmres", its, residual, tol)

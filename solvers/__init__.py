@@ -1,0 +1,8 @@
+"""Inner solvers: each has ``run(theta, init) -> y`` and ``optimality(y, theta) -> H`` with
+``H(θ, y*) = 0``. The ground floor of the framework: imports torch only (and cvxpy for QPs)."""
+
+from solvers import prox
+from solvers.base import ConvergenceWarning, InnerSolver, SolveInfo, Structure
+from solvers.proxgrad import ProxGrad
+
+__all__ = ["ConvergenceWarning", "InnerSolver", "ProxGrad", "SolveInfo", "Structure", "prox"]

@@ -1,0 +1,260 @@
+"""Accelerated proximal gradient (FISTA) with backtracking and adaptive restart.
+
+Inner problem: ``min_y f(y, θ) + g(y, θ)`` with ``f`` smooth (``smooth(y, θ)``) and ``g`` given
+by its prox (``prox(v, θ, η) = prox_{ηg(·, θ)}(v)``).
+
+Optimality mapping (the prox-gradient fixed-point residual):
+
+    H(θ, y) = y − prox(y − η ∇_y f(y, θ), θ, η),      H(θ, y*) = 0,
+
+with ``η`` the step the solver really used. ``H`` is nonsmooth exactly where the prox is, i.e.
+at ``z = y − η∇f`` on the prox's kink set; the Jacobian autograd returns there is the prox's
+constant-piece element (see ``solvers.prox``). Rows of ``∂yH`` where the prox Jacobian vanishes
+are unit rows: those coordinates are reported inactive for the support restriction.
+
+Stopping criterion: the gradient-mapping norm ``max_i |H_i(θ, y)| / η ≤ tol``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from solvers.base import SolveInfo, Structure, Theta, warn_not_converged
+from solvers.prox.base import ProxReport, recording
+
+Smooth = Callable[[Tensor, Theta], Tensor]
+Prox = Callable[[Tensor, Theta, float], Tensor]
+
+
+class ProxGrad:
+    """FISTA with backtracking line search and gradient-based adaptive restart.
+
+    Args:
+        smooth: ``f(y, θ)`` → scalar (a tensor of per-problem values is summed).
+        prox: ``prox(v, θ, η)``, the prox of ``η·g(·, θ)`` at ``v``.
+        stepsize: fixed step ``η`` (then no backtracking); default: estimated from the
+            curvature at the first start, then decreased by backtracking and kept across runs.
+        acceleration: FISTA momentum (with restart) if True, plain proximal gradient if False.
+        tol: tolerance on the gradient-mapping norm ``max|H|/η``.
+        maxiter: iteration cap; a :class:`~solvers.base.ConvergenceWarning` is raised there.
+        batch_ndim: leading dimensions of ``y`` that index independent problems.
+
+    Attributes:
+        info: :class:`~solvers.base.SolveInfo` of the last ``run``.
+        step: the step ``η`` used by ``optimality`` (None before the first run).
+    """
+
+    def __init__(
+        self,
+        smooth: Smooth,
+        prox: Prox,
+        *,
+        stepsize: float | None = None,
+        acceleration: bool = True,
+        tol: float = 1e-8,
+        maxiter: int = 10_000,
+        batch_ndim: int = 0,
+    ):
+        if stepsize is not None and not stepsize > 0:
+            raise ValueError(f"stepsize must be > 0, got {stepsize}")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        if maxiter < 1:
+            raise ValueError(f"maxiter must be ≥ 1, got {maxiter}")
+        self.smooth = smooth
+        self.prox = prox
+        self.fixed_step = stepsize is not None
+        self.step: float | None = stepsize
+        self.acceleration = acceleration
+        self.tol = tol
+        self.maxiter = maxiter
+        self.batch_ndim = batch_ndim
+        self.info: SolveInfo | None = None
+
+    # -- protocol ----------------------------------------------------------------------------
+
+    def run(self, theta: Theta, init: Tensor | None = None) -> Tensor:
+        """Minimise ``f(·, θ) + g(·, θ)`` from ``init``; returns ``y*`` (no graph)."""
+        if init is None:
+            raise ValueError(
+                "ProxGrad needs a starting point to know the shape of y: pass "
+                "init=torch.zeros(...) to implicit_solve / run (also the warm start)"
+            )
+        theta = _detach(theta)
+        x = init.detach().clone()
+        value, grad = self._value_and_grad(x, theta, check=True)
+        if self.step is None:
+            self.step = self._initial_step(x, theta)
+        step = self.step
+        y, t = x, 1.0
+        f_y, g_y = value, grad
+        residual = math.inf
+        for it in range(1, self.maxiter + 1):
+            x_new, step = self._prox_step(y, f_y, g_y, theta, step)
+            residual = float((x_new - y).abs().max()) / step
+            if residual <= self.tol:
+                self.step = step
+                _, grad = self._value_and_grad(x_new, theta)
+                residual = self._residual(x_new, grad, theta)
+                if residual <= self.tol:
+                    x = x_new
+                    break
+            if self.acceleration:
+                if float(((y - x_new) * (x_new - x)).sum()) > 0:  # momentum hurts: restart
+                    t = 1.0
+                t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+                y = x_new + ((t - 1) / t_new) * (x_new - x)
+                t = t_new
+            else:
+                y = x_new
+            x = x_new
+            f_y, g_y = self._value_and_grad(y, theta)
+        else:
+            self.step = step
+            _, grad = self._value_and_grad(x, theta)
+            residual = self._residual(x, grad, theta)
+        self.info = SolveInfo(it, residual, self.tol, residual <= self.tol, self.step)
+        if not self.info.converged:
+            warn_not_converged(
+                "ProxGrad", self.info, "Raise maxiter, loosen tol, or warm-start with init."
+            )
+        return x
+
+    def optimality(self, y: Tensor, theta: Theta) -> Tensor:
+        """``H(θ, y) = y − prox(y − η∇f(y, θ), θ, η)`` (differentiable in ``y`` and ``θ``)."""
+        return y - self.prox(self._forward_point(y, theta), theta, self._eta())
+
+    def structure(self, y: Tensor, theta: Theta) -> Structure:
+        """Inactive rows and kink distances (in gradient units, ``/η``) from the prox's report."""
+        z = self._forward_point(y, _detach(theta)).detach()
+        report = self._report(z, theta, y.shape)
+        if report is None:
+            return Structure()
+        return Structure(report.inactive, report.kink_distance / self._eta(), report.symmetric)
+
+    def optimality_at_selection(self, y: Tensor, theta: Theta, side: int,
+                                kink_tol: float) -> Tensor:
+        """``H`` evaluated with the kinked coordinates of ``z`` pushed onto one piece.
+
+        ``side=+1`` moves every coordinate within ``kink_tol`` (gradient units) of a kink onto
+        its active piece, ``side=-1`` onto its constant piece. The shift is a constant, so the
+        Jacobian of the returned mapping is the one-sided limit of ``[∂θH ∂yH]``.
+        """
+        z = self._forward_point(y, theta)
+        return y - self.prox(z + self._shift(z.detach(), theta, side, kink_tol), theta,
+                             self._eta())
+
+    def structure_at_selection(self, y: Tensor, theta: Theta, side: int,
+                               kink_tol: float) -> Structure:
+        """:meth:`structure` of the mapping of :meth:`optimality_at_selection`."""
+        theta = _detach(theta)
+        z = self._forward_point(y, theta).detach()
+        report = self._report(z + self._shift(z, theta, side, kink_tol), theta, y.shape)
+        if report is None:
+            return Structure()
+        return Structure(report.inactive, None, report.symmetric)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _eta(self) -> float:
+        if self.step is None:
+            raise RuntimeError("ProxGrad.optimality needs the step: call run() first")
+        return self.step
+
+    def _forward_point(self, y: Tensor, theta: Theta) -> Tensor:
+        """``z = y − η∇f(y, θ)`` (``torch.func.grad``: differentiable, composes with transforms)."""
+        return y - self._eta() * torch.func.grad(lambda yy: self.smooth(yy, theta).sum())(y)
+
+    def _report(self, z: Tensor, theta: Theta, shape: torch.Size) -> ProxReport | None:
+        with torch.no_grad(), recording() as reports:
+            self.prox(z, theta, self._eta())
+        if len(reports) == 1 and reports[0].inactive.shape == shape:
+            return reports[0]
+        return None  # a user prox not built from one operator of solvers.prox: no structure
+
+    def _shift(self, z: Tensor, theta: Theta, side: int, kink_tol: float) -> Tensor:
+        report = self._report(z, _detach(theta), z.shape)
+        if report is None:
+            return torch.zeros_like(z)
+        eta = self._eta()
+        kinked = report.kink_distance <= kink_tol * eta
+        margin = 2 * kink_tol * eta + 1e-3 * eta * float(z.abs().max().clamp(min=1))
+        push = side * margin * report.kink_normal
+        return torch.where(kinked, push, torch.zeros_like(z))
+
+    def _value_and_grad(self, y: Tensor, theta: Theta, check: bool = False
+                        ) -> tuple[Tensor, Tensor]:
+        def f(yy: Tensor) -> Tensor:
+            return self.smooth(yy, theta).sum()
+
+        if not check:
+            grad, value = torch.func.grad_and_value(f)(y)
+            return value, grad
+        try:
+            grad, value = torch.func.grad_and_value(f)(y)
+        except RuntimeError as err:
+            raise ValueError(
+                f"smooth(init, theta) failed for init of shape {tuple(y.shape)}: {err}"
+            ) from err
+        if grad.shape != y.shape:
+            raise ValueError(f"∇smooth has shape {tuple(grad.shape)}, init {tuple(y.shape)}")
+        if not (torch.isfinite(value) and torch.isfinite(grad).all()):
+            raise ValueError(
+                "smooth(init, theta) or its gradient is NaN/Inf: check the data and theta "
+                "for NaN/Inf values"
+            )
+        return value, grad
+
+    def _prox_step(self, y: Tensor, f_y: Tensor, g_y: Tensor, theta: Theta, step: float
+                   ) -> tuple[Tensor, float]:
+        """One prox-gradient step from ``y``, halving ``step`` until the quadratic upper
+        bound ``f(x) ≤ f(y) + ⟨∇f(y), x−y⟩ + ‖x−y‖²/(2η)`` holds (up to round-off)."""
+        for _ in range(60):
+            x = self.prox(y - step * g_y, theta, step)
+            if self.fixed_step:
+                return x, step
+            d = x - y
+            with torch.no_grad():
+                f_x = self.smooth(x, theta).sum()
+            slack = 1e3 * torch.finfo(y.dtype).eps * (abs(float(f_y)) + 1)
+            if float(f_x - f_y - (g_y * d).sum()) <= float((d * d).sum()) / (2 * step) + slack:
+                return x, step
+            if not torch.isfinite(f_x):
+                step /= 2
+                continue
+            step /= 2
+        raise RuntimeError(
+            "ProxGrad backtracking failed: f is not smooth or is NaN/Inf near the iterate "
+            "(check smooth() and the data), or pass a fixed stepsize"
+        )
+
+    def _initial_step(self, y: Tensor, theta: Theta) -> float:
+        """``1/L`` with ``L`` from 10 power iterations on the Hessian of ``f`` at ``y``."""
+        grad_f = torch.func.grad(lambda yy: self.smooth(yy, theta).sum())
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
+        lipschitz = 0.0
+        try:
+            for _ in range(10):
+                v = v / v.norm().clamp(min=torch.finfo(y.dtype).tiny)
+                _, v = torch.func.jvp(grad_f, (y,), (v,))
+                lipschitz = float(v.norm())
+        except RuntimeError:  # f not twice differentiable: start at 1 and backtrack
+            lipschitz = 0.0
+        if not math.isfinite(lipschitz) or lipschitz <= 0:
+            return 1.0
+        return 1.0 / (1.1 * lipschitz)
+
+    def _residual(self, y: Tensor, grad: Tensor, theta: Theta) -> float:
+        eta = self._eta()
+        return float((y - self.prox(y - eta * grad, theta, eta)).abs().max()) / eta
+
+
+def _detach(theta: Theta) -> Theta:
+    if isinstance(theta, Tensor):
+        return theta.detach()
+    return tuple(t.detach() for t in theta)

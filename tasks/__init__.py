@@ -1,0 +1,1 @@
+"""Bilevel tasks: data + inner problem + outer loss + metrics + baseline, one per file."""
