@@ -88,7 +88,7 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://bilevel.conf", config_name="config")
 def app(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = run(cfg, out_dir)

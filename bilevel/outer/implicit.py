@@ -55,7 +55,7 @@ class ImplicitGD:
         report = self.adjoint.report
         row = {
             "step": state.step,
-            "outer_value": float(value),
+            "outer_value": float(value.detach()),
             "hypergrad_norm": float(state.theta.grad.norm()),
             "inner_residual": report.inner.residual if report.inner else float("nan"),
             "inner_iterations": report.inner.iterations if report.inner else 0,

@@ -7,7 +7,8 @@ Kink set: ``|v_i| = λ₁ᵢ`` (as :func:`~solvers.prox.l1.l1`). Jacobian w.r.t.
 ``diag(1[|v_i| > λ₁ᵢ] / (1 + λ₂ᵢ))``; at the kink the returned element is 0 (constant piece).
 Jacobian w.r.t. ``λ₁``: ``−sign(v_i)·1[|v_i| > λ₁ᵢ] / (1 + λ₂ᵢ)``; w.r.t. ``λ₂``:
 ``−out_i / (1 + λ₂ᵢ)``. Inactive coordinates (zero Jacobian row): ``|v_i| ≤ λ₁ᵢ``. The active
-Jacobian is a multiple of the identity (``symmetric=True``).
+Jacobian is a multiple of the identity (``symmetric=True``) when ``λ₂`` is one number; a
+``λ₂`` varying across coordinates gives ``symmetric=False``.
 """
 
 from __future__ import annotations
@@ -36,5 +37,13 @@ def elastic_net(v: Tensor, l1: Tensor | float, l2: Tensor | float) -> Tensor:
     require_nonnegative(l1, "l1", "elastic_net")
     require_nonnegative(l2, "l2", "elastic_net")
     out = _soft_threshold(v, l1) / (1 + l2)
-    record(lambda: _report(v, l1, out.shape))
+    record(lambda: _report(v, l1, out.shape, symmetric=_is_uniform(l2)))
     return out
+
+
+def _is_uniform(weight: Tensor | float) -> bool:
+    """One value for every coordinate (then the active Jacobian is a multiple of I)."""
+    if not isinstance(weight, Tensor) or weight.numel() <= 1:
+        return True
+    flat = weight.detach().flatten()
+    return bool((flat == flat[0]).all())

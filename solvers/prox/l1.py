@@ -40,7 +40,8 @@ def _soft_threshold(v: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.sign(v) * torch.relu(v.abs() - threshold)
 
 
-def _report(v: Tensor, threshold: Tensor | float, shape: Size) -> ProxReport:
+def _report(v: Tensor, threshold: Tensor | float, shape: Size, symmetric: bool = True
+            ) -> ProxReport:
     v = v.detach()
     t = threshold.detach() if isinstance(threshold, Tensor) else threshold
     gap = v.abs() - t
@@ -48,5 +49,5 @@ def _report(v: Tensor, threshold: Tensor | float, shape: Size) -> ProxReport:
         inactive=torch.broadcast_to(gap <= 0, shape),
         kink_distance=gap.abs(),
         kink_normal=torch.sign(v),
-        symmetric=True,
+        symmetric=symmetric,
     )

@@ -18,7 +18,8 @@ def diabetes() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     X = (X - X.mean(0)) / X.std(0)
     y = y - y.mean()
     t = torch.as_tensor
-    return t(X[:300], dtype=F64), t(y[:300], dtype=F64), t(X[300:], dtype=F64), t(y[300:], dtype=F64)
+    return (t(X[:300], dtype=F64), t(y[:300], dtype=F64),
+            t(X[300:], dtype=F64), t(y[300:], dtype=F64))
 
 
 def wide(n: int = 40, p: int = 100, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
