@@ -11,6 +11,7 @@ from bilevel.diagnostics import KinkCertificate, kink_certificate
 from bilevel.errors import (
     AdjointFallbackWarning,
     ConvergenceWarning,
+    DivergenceError,
     KinkWarning,
     SingularJacobianError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "LINEAR_SOLVERS",
     "AdjointFallbackWarning",
     "ConvergenceWarning",
+    "DivergenceError",
     "ImplicitAdjoint",
     "ImplicitReport",
     "KinkCertificate",

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from solvers.base import ConvergenceWarning
+from solvers.base import ConvergenceWarning, DivergenceError
 
 
 class SingularJacobianError(RuntimeError):
@@ -32,6 +32,7 @@ class AdjointFallbackWarning(UserWarning):
 __all__ = [
     "AdjointFallbackWarning",
     "ConvergenceWarning",
+    "DivergenceError",
     "KinkWarning",
     "SingularJacobianError",
 ]

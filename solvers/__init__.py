@@ -2,7 +2,7 @@
 ``H(θ, y*) = 0``. The ground floor of the framework: imports torch only (and cvxpy for QPs)."""
 
 from solvers import prox
-from solvers.base import ConvergenceWarning, InnerSolver, SolveInfo, Structure
+from solvers.base import ConvergenceWarning, DivergenceError, InnerSolver, SolveInfo, Structure
 from solvers.proxgrad import ProxGrad
 
-__all__ = ["ConvergenceWarning", "InnerSolver", "ProxGrad", "SolveInfo", "Structure", "prox"]
+__all__ = ["ConvergenceWarning", "DivergenceError", "InnerSolver", "ProxGrad", "SolveInfo", "Structure", "prox"]

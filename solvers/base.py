@@ -36,6 +36,11 @@ class ConvergenceWarning(UserWarning):
     """
 
 
+class DivergenceError(RuntimeError):
+    """An inner solver diverged (non-finite iterates, or a residual that grows without bound,
+    e.g. a fixed-point map that is not a contraction). Raised instead of passing NaNs on."""
+
+
 @dataclass(frozen=True)
 class SolveInfo:
     """How an inner solve ended.
