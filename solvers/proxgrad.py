@@ -18,16 +18,12 @@ Stopping criterion: the gradient-mapping norm ``max_i |H_i(θ, y)| / η ≤ tol`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from solvers.base import SolveInfo, Structure, Theta, warn_not_converged
-from solvers.prox.base import ProxReport, recording
-
-Smooth = Callable[[Tensor, Theta], Tensor]
-Prox = Callable[[Tensor, Theta, float], Tensor]
+from solvers.prox_mapping import ProxFn, ProxGradientMapping, SmoothFn, detach
 
 
 class ProxGrad:
@@ -50,8 +46,8 @@ class ProxGrad:
 
     def __init__(
         self,
-        smooth: Smooth,
-        prox: Prox,
+        smooth: SmoothFn,
+        prox: ProxFn,
         *,
         stepsize: float | None = None,
         acceleration: bool = True,
@@ -67,6 +63,7 @@ class ProxGrad:
             raise ValueError(f"maxiter must be ≥ 1, got {maxiter}")
         self.smooth = smooth
         self.prox = prox
+        self.mapping = ProxGradientMapping(smooth, prox)
         self.fixed_step = stepsize is not None
         self.step: float | None = stepsize
         self.acceleration = acceleration
@@ -84,7 +81,7 @@ class ProxGrad:
                 "ProxGrad needs a starting point to know the shape of y: pass "
                 "init=torch.zeros(...) to implicit_solve / run (also the warm start)"
             )
-        theta = _detach(theta)
+        theta = detach(theta)
         x = init.detach().clone()
         value, grad = self._value_and_grad(x, theta, check=True)
         if self.step is None:
@@ -121,37 +118,21 @@ class ProxGrad:
 
     def optimality(self, y: Tensor, theta: Theta) -> Tensor:
         """``H(θ, y) = y − prox(y − η∇f(y, θ), θ, η)`` (differentiable in ``y`` and ``θ``)."""
-        return y - self.prox(self._forward_point(y, theta), theta, self._eta())
+        return self.mapping(y, theta, self._eta())
 
     def structure(self, y: Tensor, theta: Theta) -> Structure:
-        """Inactive rows and kink distances (in gradient units, ``/η``) from the prox's report."""
-        z = self._forward_point(y, _detach(theta)).detach()
-        report = self._report(z, theta, y.shape)
-        if report is None:
-            return Structure()
-        return Structure(report.inactive, report.kink_distance / self._eta(), report.symmetric)
+        """Inactive rows and kink distances of ``H`` at ``y`` (see ``ProxGradientMapping``)."""
+        return self.mapping.structure(y, theta, self._eta())
 
     def optimality_at_selection(self, y: Tensor, theta: Theta, side: int,
                                 kink_tol: float) -> Tensor:
-        """``H`` evaluated with the kinked coordinates of ``z`` pushed onto one piece.
-
-        ``side=+1`` moves every coordinate within ``kink_tol`` (gradient units) of a kink onto
-        its active piece, ``side=-1`` onto its constant piece. The shift is a constant, so the
-        Jacobian of the returned mapping is the one-sided limit of ``[∂θH ∂yH]``.
-        """
-        z = self._forward_point(y, theta)
-        return y - self.prox(z + self._shift(z.detach(), theta, side, kink_tol), theta,
-                             self._eta())
+        """``H`` with kinked coordinates on one piece (``ProxGradientMapping.at_selection``)."""
+        return self.mapping.at_selection(y, theta, self._eta(), side, kink_tol)
 
     def structure_at_selection(self, y: Tensor, theta: Theta, side: int,
                                kink_tol: float) -> Structure:
         """:meth:`structure` of the mapping of :meth:`optimality_at_selection`."""
-        theta = _detach(theta)
-        z = self._forward_point(y, theta).detach()
-        report = self._report(z + self._shift(z, theta, side, kink_tol), theta, y.shape)
-        if report is None:
-            return Structure()
-        return Structure(report.inactive, None, report.symmetric)
+        return self.mapping.structure_at_selection(y, theta, self._eta(), side, kink_tol)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -159,27 +140,6 @@ class ProxGrad:
         if self.step is None:
             raise RuntimeError("ProxGrad.optimality needs the step: call run() first")
         return self.step
-
-    def _forward_point(self, y: Tensor, theta: Theta) -> Tensor:
-        """``z = y − η∇f(y, θ)`` (``torch.func.grad``: differentiable, composes with transforms)."""
-        return y - self._eta() * torch.func.grad(lambda yy: self.smooth(yy, theta).sum())(y)
-
-    def _report(self, z: Tensor, theta: Theta, shape: torch.Size) -> ProxReport | None:
-        with torch.no_grad(), recording() as reports:
-            self.prox(z, theta, self._eta())
-        if len(reports) == 1 and reports[0].inactive.shape == shape:
-            return reports[0]
-        return None  # a user prox not built from one operator of solvers.prox: no structure
-
-    def _shift(self, z: Tensor, theta: Theta, side: int, kink_tol: float) -> Tensor:
-        report = self._report(z, _detach(theta), z.shape)
-        if report is None:
-            return torch.zeros_like(z)
-        eta = self._eta()
-        kinked = report.kink_distance <= kink_tol * eta
-        margin = 2 * kink_tol * eta + 1e-3 * eta * float(z.abs().max().clamp(min=1))
-        push = side * margin * report.kink_normal
-        return torch.where(kinked, push, torch.zeros_like(z))
 
     def _value_and_grad(self, y: Tensor, theta: Theta, check: bool = False
                         ) -> tuple[Tensor, Tensor]:
@@ -244,8 +204,3 @@ class ProxGrad:
         with torch.no_grad():
             return float(self.optimality(y, theta).abs().max()) / self._eta()
 
-
-def _detach(theta: Theta) -> Theta:
-    if isinstance(theta, Tensor):
-        return theta.detach()
-    return tuple(t.detach() for t in theta)
