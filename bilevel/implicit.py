@@ -73,6 +73,7 @@ class _ImplicitProblem:
         self.single = single
         self.adjoint = adjoint
         self._lin: Linearization | None = None
+        self.index: Tensor | None = None
 
     def theta_arg(self, thetas: tuple[Tensor, ...]) -> Theta:
         return thetas[0] if self.single else thetas
@@ -106,34 +107,55 @@ class _ImplicitProblem:
                 )
         return y
 
-    @property
-    def lin(self) -> Linearization:
-        if self._lin is None:
-            solver, single = self.solver, self.single
-
-            def mapping(y: Tensor, thetas: tuple[Tensor, ...]) -> Tensor:
-                return solver.optimality(y, thetas[0] if single else thetas)
-
+    def linearize(self) -> Linearization:
+        """``H`` linearised at ``(θ, y*)``, built once; reduced to the active coordinates when
+        the solver offers ``restricted_optimality`` (then ``self.index`` lists them)."""
+        if self._lin is not None:
+            return self._lin
+        solver, single = self.solver, self.single
+        theta = self.theta_arg(self.thetas)
+        inactive = self.structure.inactive
+        reduce = getattr(solver, "restricted_optimality", None)
+        batch_ndim = getattr(solver, "batch_ndim", 0)
+        if self.adjoint.restrict and reduce is not None and inactive is not None \
+                and batch_ndim == 0:
+            self.index = (~inactive).flatten().nonzero().flatten()
+            reduced = reduce(self.y, theta, self.index)
             self._lin = Linearization(
-                mapping, self.y, self.thetas, getattr(self.solver, "batch_ndim", 0)
+                lambda y_S, ts: reduced(y_S, ts[0] if single else ts),
+                self.y.flatten()[self.index], self.thetas,
+            )
+        else:
+            self._lin = Linearization(
+                lambda y, ts: solver.optimality(y, ts[0] if single else ts),
+                self.y, self.thetas, batch_ndim,
             )
         return self._lin
 
     def vjp(self, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        lin = self.lin
-        u = self.adjoint.reverse(
-            lin, lin.flat(grad_y), self._inactive(), self.structure.symmetric
-        )
+        lin = self.linearize()
+        symmetric = self.structure.symmetric
+        if self.index is None:
+            u = self.adjoint.reverse(lin, lin.flat(grad_y), self.structure.inactive, symmetric)
+            return lin.rmatvec_theta(u)
+        if self.index.numel() == 0:  # y* locally constant
+            return tuple(torch.zeros_like(t) for t in self.thetas)
+        u = self.adjoint.reverse(lin, lin.flat(grad_y.flatten()[self.index]), None, symmetric)
+        self.adjoint.report.full_size = self.y.numel()
         return lin.rmatvec_theta(u)
 
     def jvp(self, theta_dots: tuple[Tensor | None, ...]) -> Tensor:
-        lin = self.lin
-        r = -lin.matvec(None, theta_dots)
-        y_dot = self.adjoint.forward(lin, r, self._inactive(), self.structure.symmetric)
-        return lin.unflat(y_dot)
-
-    def _inactive(self) -> Tensor | None:
-        return self.structure.inactive
+        lin = self.linearize()
+        symmetric = self.structure.symmetric
+        if self.index is None:
+            r = -lin.matvec(None, theta_dots)
+            return lin.unflat(self.adjoint.forward(lin, r, self.structure.inactive, symmetric))
+        y_dot = torch.zeros_like(self.y).flatten()
+        if self.index.numel():
+            r = -lin.matvec(None, theta_dots)
+            y_dot[self.index] = self.adjoint.forward(lin, r, None, symmetric).flatten()
+            self.adjoint.report.full_size = self.y.numel()
+        return y_dot.reshape(self.y.shape)
 
 
 class _Implicit(torch.autograd.Function):

@@ -45,11 +45,18 @@ class ProxGradientMapping:
         """``z = y − η∇f(y, θ)`` (``torch.func.grad``: differentiable, composes with transforms)."""
         return y - eta * torch.func.grad(lambda yy: self.smooth(yy, theta).sum())(y)
 
-    def structure(self, y: Tensor, theta: Theta, eta: float) -> Structure:
-        """Inactive rows and kink distances (gradient units: ``/η``) from the prox's report."""
+    def structure(self, y: Tensor, theta: Theta, eta: float, grad: Tensor | None = None
+                  ) -> Structure:
+        """Inactive rows and kink distances (gradient units: ``/η``) from the prox's report.
+
+        ``grad``: ``∇f(y, θ)`` when the caller already has it (saves a gradient evaluation).
+        """
         theta = detach(theta)
-        report = self._report(self.forward_point(y.detach(), theta, eta).detach(), theta, eta,
-                              y.shape)
+        if grad is None:
+            z = self.forward_point(y.detach(), theta, eta).detach()
+        else:
+            z = y.detach() - eta * grad
+        report = self._report(z, theta, eta, y.shape)
         if report is None:
             return Structure()
         return Structure(report.inactive, report.kink_distance / eta, report.symmetric)

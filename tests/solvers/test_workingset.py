@@ -1,0 +1,171 @@
+"""The working-set solver against sklearn at tight tolerance, and its hypergradients."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression
+
+import bilevel
+from solvers import models
+from tests.engine.problems import F64, diabetes, lambda_max, val_loss, wide
+from tests.helpers import assert_directional
+
+TIGHT = {"tol": 1e-14, "max_iter": 1_000_000, "fit_intercept": False}
+
+
+@pytest.mark.parametrize("data, ratio", [(diabetes, 20), (wide, 10), (wide, 50)],
+                         ids=["diabetes", "p>n", "p>n-small-lambda"])
+def test_lasso_matches_sklearn_and_closed_form(data, ratio):
+    X, y, Xv, yv = data()
+    n = X.shape[0]
+    lam = lambda_max(X, y) / ratio
+    theta = torch.tensor(math.log(lam), dtype=F64, requires_grad=True)
+    solver = models.lasso(X, y, tol=1e-12)
+    adjoint = bilevel.ImplicitAdjoint()
+    w = bilevel.implicit_solve(solver, theta, adjoint=adjoint)
+    val_loss(Xv, yv)(w).backward()
+    ref = Lasso(alpha=lam, **TIGHT).fit(X.numpy(), y.numpy()).coef_
+    assert np.abs(w.detach().numpy() - ref).max() <= 1e-8 * max(1, np.abs(ref).max())
+    w = w.detach()
+    S = w != 0
+    dw = -torch.linalg.solve(X[:, S].T @ X[:, S] / n, torch.sign(w[S]))
+    expected = lam * float((Xv.T @ (Xv @ w - yv) / Xv.shape[0])[S] @ dw)
+    assert abs(float(theta.grad) - expected) <= 1e-8 * abs(expected)
+    assert adjoint.report.restricted_size == int(S.sum())
+    assert adjoint.report.full_size == X.shape[1]
+
+
+def test_weighted_lasso_matches_rescaled_sklearn_lasso():
+    X, y, _, _ = diabetes()
+    lam = torch.linspace(0.5, 3.0, X.shape[1], dtype=F64)
+    w = models.lasso(X, y, tol=1e-12).run(lam.log())
+    # Σ λ_j|w_j| = λ̄ Σ |v_j| with v_j = λ_j w_j / λ̄ and columns X_j λ̄ / λ_j
+    scale = (lam.mean() / lam).numpy()
+    v = Lasso(alpha=float(lam.mean()), **TIGHT).fit(X.numpy() * scale, y.numpy()).coef_
+    assert np.abs(w.numpy() - v * scale).max() <= 1e-8 * np.abs(v).max()
+
+
+def test_elastic_net_matches_sklearn():
+    X, y, _, _ = diabetes()
+    alpha, rho = 0.7, 0.6
+    theta = torch.tensor([math.log(alpha * rho), math.log(alpha * (1 - rho))], dtype=F64)
+    w = models.elastic_net(X, y, tol=1e-12).run(theta)
+    ref = ElasticNet(alpha=alpha, l1_ratio=rho, **TIGHT).fit(X.numpy(), y.numpy()).coef_
+    assert np.abs(w.numpy() - ref).max() <= 1e-8 * np.abs(ref).max()
+
+
+def test_nonneg_lasso_matches_sklearn():
+    X, y, _, _ = wide()
+    lam = lambda_max(X, y) / 20
+    w = models.nonneg_lasso(X, y, tol=1e-12).run(torch.tensor(math.log(lam), dtype=F64))
+    ref = Lasso(alpha=lam, positive=True, **TIGHT).fit(X.numpy(), y.numpy()).coef_
+    assert (w >= 0).all() and (w > 0).sum() >= 3
+    assert np.abs(w.numpy() - ref).max() <= 1e-8 * np.abs(ref).max()
+
+
+def _classification():
+    X, y, Xv, yv = diabetes()
+    return X, (y > 0).to(F64), Xv, (yv > 0).to(F64)
+
+
+def test_sparse_logreg_matches_sklearn():
+    X, y, _, _ = _classification()
+    n = X.shape[0]
+    C = 0.05
+    # sklearn: ‖w‖₁ + C Σ loss  ⇔  (1/n) Σ loss + ‖w‖₁ / (C n)
+    w = models.sparse_logreg(X, y, tol=1e-13).run(torch.tensor(math.log(1 / (C * n)), dtype=F64))
+    ref = LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", fit_intercept=False,
+                             tol=1e-14, max_iter=100_000).fit(X.numpy(), y.numpy()).coef_[0]
+    assert 0 < (w != 0).sum() < X.shape[1]
+    assert np.abs(w.numpy() - ref).max() <= 1e-8 * np.abs(ref).max()
+
+
+def _logistic_val(Xv, yv):
+    return lambda w: torch.nn.functional.softplus(-(2 * yv - 1) * (Xv @ w)).mean()
+
+
+@pytest.mark.parametrize("model, theta0, data, outer", [
+    ("lasso", [-1.0, -3.0, -0.5, -2.0, -4.0, -1.5, -2.5, -3.5, -0.8, -1.2], diabetes, val_loss),
+    ("elastic_net", [-0.5, -1.0], diabetes, val_loss),
+    ("nonneg_lasso", [-0.3], diabetes, val_loss),
+    ("sparse_logreg", [-4.0], _classification, _logistic_val),
+], ids=["weighted_lasso", "elastic_net", "nonneg_lasso", "sparse_logreg"])
+def test_hypergradient_matches_central_differences(model, theta0, data, outer):
+    X, y, Xv, yv = data()
+    solver = getattr(models, model)(X, y, tol=1e-13)
+    F = outer(Xv, yv)
+    theta = torch.tensor(theta0, dtype=F64, requires_grad=True)
+    adjoint = bilevel.ImplicitAdjoint()
+    F(bilevel.implicit_solve(solver, theta, adjoint=adjoint)).backward()
+    assert adjoint.report.n_kinks == 0
+    assert 0 < adjoint.report.restricted_size < X.shape[1]
+
+    def value(t):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", bilevel.KinkWarning)
+            return float(F(bilevel.implicit_solve(solver, t)))
+
+    assert_directional(theta.grad, value, theta.detach(), h=1e-6, rtol=1e-6)
+
+
+def test_reduced_and_full_mappings_give_the_same_derivatives():
+    X, y, Xv, yv = wide()
+    solver = models.lasso(X, y, tol=1e-12)
+    theta = torch.full((X.shape[1],), math.log(lambda_max(X, y) / 10), dtype=F64)
+    grads, tangents = [], []
+    for restrict in (True, False):
+        adjoint = bilevel.ImplicitAdjoint(restrict=restrict)
+        t = theta.clone().requires_grad_(True)
+        val_loss(Xv, yv)(bilevel.implicit_solve(solver, t, adjoint=adjoint)).backward()
+        grads.append(t.grad)
+        direction = torch.randn(theta.shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+        tangents.append(torch.func.jvp(
+            lambda t: bilevel.implicit_solve(solver, t, adjoint=adjoint), (theta,), (direction,)
+        )[1])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(tangents[0], tangents[1], rtol=1e-9, atol=1e-10)
+
+
+def test_warm_start_and_convergence_warning():
+    X, y, _, _ = wide()
+    solver = models.lasso(X, y, tol=1e-12)
+    theta = torch.tensor(math.log(lambda_max(X, y) / 30), dtype=F64)
+    w = solver.run(theta)
+    cold = solver.info.iterations
+    solver.run(theta, w)
+    assert solver.info.iterations == 0 < cold
+    with pytest.warns(bilevel.ConvergenceWarning, match="residual"):
+        models.lasso(X, y, tol=1e-12, maxiter=1).run(theta)
+
+
+def test_all_inactive_gives_zero_derivative():
+    X, y, Xv, yv = diabetes()
+    theta = torch.tensor(math.log(2 * lambda_max(X, y)), dtype=F64, requires_grad=True)
+    w = bilevel.implicit_solve(models.lasso(X, y), theta)
+    assert (w == 0).all()
+    val_loss(Xv, yv)(w).backward()
+    assert float(theta.grad) == 0.0
+
+
+@pytest.mark.parametrize("X, y, match", [
+    (torch.zeros(5, 3, dtype=F64), torch.zeros(4, dtype=F64), "y must"),
+    (torch.zeros(5, dtype=F64), torch.zeros(5, dtype=F64), "2-D"),
+    (torch.full((5, 3), float("nan"), dtype=F64), torch.zeros(5, dtype=F64), "NaN"),
+    (torch.zeros(5, 3, dtype=F64), torch.zeros(5), "dtype|float32"),
+])
+def test_bad_data_is_an_error(X, y, match):
+    with pytest.raises(ValueError, match=match):
+        models.lasso(X, y)
+
+
+def test_bad_penalty_parameters_are_errors():
+    X, y, _, _ = diabetes()
+    with pytest.raises(ValueError, match="one per feature"):
+        models.lasso(X, y).run(torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="labels"):
+        models.sparse_logreg(X, y)
