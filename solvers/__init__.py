@@ -1,8 +1,12 @@
 """Inner solvers: each has ``run(theta, init) -> y`` and ``optimality(y, theta) -> H`` with
 ``H(θ, y*) = 0``. The ground floor of the framework: imports torch only (and cvxpy for QPs)."""
 
-from solvers import prox
+from solvers import datafits, models, penalties, prox
 from solvers.base import ConvergenceWarning, DivergenceError, InnerSolver, SolveInfo, Structure
 from solvers.proxgrad import ProxGrad
+from solvers.workingset import WorkingSet
 
-__all__ = ["ConvergenceWarning", "DivergenceError", "InnerSolver", "ProxGrad", "SolveInfo", "Structure", "prox"]
+__all__ = [
+    "ConvergenceWarning", "DivergenceError", "InnerSolver", "ProxGrad", "SolveInfo", "Structure",
+    "WorkingSet", "datafits", "models", "penalties", "prox",
+]

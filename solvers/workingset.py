@@ -174,7 +174,8 @@ class WorkingSet:
         datafit, penalty = self.datafit, self.penalty
         for _ in range(1 if datafit.quadratic else 100):
             grad = X_W.T @ datafit.derivative(z)
-            if not datafit.quadratic and float(penalty.violation(w, grad, params).max()) <= self.tol:
+            if not datafit.quadratic and float(penalty.violation(w, grad, params).max()) \
+                    <= self.tol:
                 break
             hessian = X_W.T @ (datafit.curvature(z)[:, None] * X_W)
             target = _solve_model(hessian, hessian @ w - grad, w, penalty, params, self.tol,

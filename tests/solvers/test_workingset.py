@@ -125,7 +125,8 @@ def test_reduced_and_full_mappings_give_the_same_derivatives():
         grads.append(t.grad)
         direction = torch.randn(theta.shape, dtype=F64, generator=torch.Generator().manual_seed(3))
         tangents.append(torch.func.jvp(
-            lambda t: bilevel.implicit_solve(solver, t, adjoint=adjoint), (theta,), (direction,)
+            lambda t, a=adjoint: bilevel.implicit_solve(solver, t, adjoint=a), (theta,),
+            (direction,)
         )[1])
     assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
     assert torch.allclose(tangents[0], tangents[1], rtol=1e-9, atol=1e-10)
