@@ -34,10 +34,15 @@ def box(v: Tensor, lower: Tensor | float, upper: Tensor | float) -> Tensor:
         ValueError: ``lower > upper`` somewhere (empty box).
     """
     require_ordered(lower, upper, "box")
-    # torch.where picks the bound (not v) when v sits exactly on it: Jacobian 0 w.r.t. v there.
-    out = torch.where(v <= lower, lower, torch.where(v >= upper, upper, v))
+    out = _clip(v, lower, upper)
     record(lambda: _report(v, lower, upper, out.shape))
     return out
+
+
+def _clip(v: Tensor, lower: Tensor | float, upper: Tensor | float) -> Tensor:
+    """``min(max(v, lower), upper)`` without checks or recording (shared with ``linf_ball``)."""
+    # torch.where picks the bound (not v) when v sits exactly on it: Jacobian 0 w.r.t. v there.
+    return torch.where(v <= lower, lower, torch.where(v >= upper, upper, v))
 
 
 def _report(v: Tensor, lower: Tensor | float, upper: Tensor | float, shape: Size) -> ProxReport:
