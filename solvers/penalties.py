@@ -61,7 +61,8 @@ class L1:
 
     def on_support(self, G: Tensor, b: Tensor, w: Tensor, p: dict[str, Tensor | float]
                    ) -> Tensor:
-        """Solve ``G_SS w_S = b_S − λ_S sign(w_S)`` on the support of ``w`` (zeros off it)."""
+        """Solve ``G_SS w_S = b_S − λ_S sign(w_S)`` on the support of ``w`` (zeros off it;
+        ``w`` unchanged if ``G_SS`` is singular)."""
         return _solve_on_support(G, b, w, torch.sign(w), p["l1"], 0.0)
 
 
@@ -121,7 +122,8 @@ class NonnegL1(L1):
 def _solve_on_support(G: Tensor, b: Tensor, w: Tensor, sign: Tensor, l1: Tensor | float,
                       l2: Tensor | float) -> Tensor:
     """Stationarity on ``S = {sign ≠ 0}`` with the signs fixed:
-    ``(G_SS + diag(λ₂)) w_S = b_S − λ₁ sign_S``; returns ``w`` with ``w_S`` replaced."""
+    ``(G_SS + diag(λ₂)) w_S = b_S − λ₁ sign_S``; returns ``w`` with ``w_S`` replaced, or ``w``
+    itself when ``G_SS`` is singular (e.g. duplicated features in the support)."""
     S = sign != 0
     out = torch.zeros_like(w)
     if not bool(S.any()):
@@ -130,7 +132,10 @@ def _solve_on_support(G: Tensor, b: Tensor, w: Tensor, sign: Tensor, l1: Tensor 
     l2_S = _take(l2, S) if isinstance(l2, Tensor) else l2
     G_SS = G[S][:, S] + torch.diag(torch.broadcast_to(torch.as_tensor(l2_S, dtype=G.dtype),
                                                       (int(S.sum()),)))
-    out[S] = torch.linalg.solve(G_SS, b[S] - l1_S * sign[S])
+    solution, info = torch.linalg.solve_ex(G_SS, b[S] - l1_S * sign[S])
+    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+        return w
+    out[S] = solution
     return out
 
 

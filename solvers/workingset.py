@@ -50,8 +50,9 @@ class WorkingSet:
         sub_maxiter: cap on the iterations of the quadratic sub-solver.
 
     Attributes:
-        info: :class:`~solvers.base.SolveInfo` of the last run (iterations = working-set
-            iterations).
+        info: :class:`~solvers.base.SolveInfo` of the last run (iterations: the sub-solver's
+            iterations summed over working sets; 0 when ``init`` already solves the problem).
+        n_working_sets: working sets visited by the last run.
         step: ``η`` of the optimality mapping.
     """
 
@@ -88,7 +89,8 @@ class WorkingSet:
             raise ValueError(f"init has shape {tuple(w.shape)}, expected ({p},)")
         z = X @ w
         residual, iterations, grad = math.inf, 0, None
-        while iterations < self.maxiter:
+        self.n_working_sets = 0
+        while self.n_working_sets < self.maxiter:
             grad = X.T @ self.datafit.derivative(z)
             violation = self.penalty.violation(w, grad, params)
             residual = float(violation.max())
@@ -96,10 +98,11 @@ class WorkingSet:
                 raise ValueError("non-finite gradient: check X, y and theta for NaN/Inf")
             if residual <= self.tol:
                 break
-            iterations += 1
+            self.n_working_sets += 1
             grad = None
             W = self._working_set(w, violation)
-            w_W = self._solve_restricted(W, w[W], z, self.penalty.params(theta, W))
+            w_W, sub_iterations = self._solve_restricted(W, w[W], z, self.penalty.params(theta, W))
+            iterations += sub_iterations
             w = torch.zeros_like(w)
             w[W] = w_W
             z = X[:, W] @ w_W
@@ -182,11 +185,14 @@ class WorkingSet:
         score = torch.where(support, torch.full_like(violation, math.inf), violation)
         return torch.topk(score, size).indices.sort().values
 
-    def _solve_restricted(self, W: Tensor, w: Tensor, z: Tensor, params: dict) -> Tensor:
+    def _solve_restricted(self, W: Tensor, w: Tensor, z: Tensor, params: dict
+                          ) -> tuple[Tensor, int]:
         """Minimise ``F(X_W w) + g_W(w)`` from ``w``: exact model for a quadratic datafit,
-        proximal Newton with backtracking otherwise."""
+        proximal Newton with backtracking otherwise. Returns the solution and the number of
+        sub-solver iterations."""
         X_W = self.X[:, W]
         datafit, penalty = self.datafit, self.penalty
+        iterations = 0
         for _ in range(1 if datafit.quadratic else 100):
             grad = X_W.T @ datafit.derivative(z)
             if not datafit.quadratic and float(penalty.violation(w, grad, params).max()) \
@@ -194,12 +200,14 @@ class WorkingSet:
                 break
             hessian = X_W.T @ (datafit.curvature(z)[:, None] * X_W)
             linear = hessian @ w - grad
-            target = _solve_model(hessian, linear, w, penalty, params, self.tol, self.sub_maxiter)
+            target, k = _solve_model(hessian, linear, w, penalty, params, self.tol,
+                                     self.sub_maxiter)
+            iterations += k
             if datafit.quadratic:  # F(X_W v) = ½vᵀ(hessian)v − linearᵀv + const: keep it
                 self._gram = (W, hessian, linear)
-                return target
+                return target, iterations
             w, z = self._line_search(X_W, w, z, target - w, grad, params)
-        return w
+        return w, iterations
 
     def _line_search(self, X_W: Tensor, w: Tensor, z: Tensor, d: Tensor, grad: Tensor,
                      params: dict) -> tuple[Tensor, Tensor]:
@@ -219,9 +227,10 @@ class WorkingSet:
 
 
 def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: float,
-                 maxiter: int) -> Tensor:
+                 maxiter: int) -> tuple[Tensor, int]:
     """``argmin_v ½vᵀGv − bᵀv + g(v)`` by FISTA with restart, finished by the exact solve on
-    the support (signs fixed) as soon as it satisfies the KKT conditions."""
+    the support (signs fixed) as soon as it satisfies the KKT conditions. Returns the solution
+    and the FISTA iterations used."""
     lipschitz = float(torch.linalg.eigvalsh(G)[-1]) if G.numel() else 1.0
     step = 1.0 / max(lipschitz, 1e-300)
     x, y, t = w, w, 1.0
@@ -230,13 +239,13 @@ def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: fl
         if k % 10 == 0:
             for candidate in (penalty.on_support(G, b, x_new, params), x_new):
                 if float(penalty.violation(candidate, G @ candidate - b, params).max()) <= tol:
-                    return candidate
+                    return candidate, k + 1
         if float(((y - x_new) * (x_new - x)).sum()) > 0:
             t = 1.0
         t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
         y = x_new + ((t - 1) / t_new) * (x_new - x)
         x, t = x_new, t_new
-    return x
+    return x, maxiter
 
 
 def _check_data(X: Tensor, y: Tensor) -> None:
