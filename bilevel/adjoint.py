@@ -194,6 +194,9 @@ class ImplicitAdjoint:
         else:
             index = active.any(0).nonzero().flatten()
             keep = active[:, index]
+        if index.numel() == 0:  # nothing active: the restricted system is empty
+            self.report.linear = LinearSolveInfo(method, 0, 0.0, True)
+            return torch.zeros_like(rhs)
         matrix = lin.rows_y(index)
         if transpose:
             matrix = matrix.transpose(-1, -2)
@@ -203,7 +206,7 @@ class ImplicitAdjoint:
             matrix = torch.where(pair, matrix, eye.expand_as(matrix))
         if self.ridge > 0:
             matrix = matrix + self.ridge * eye
-        rcond = reciprocal_condition(matrix) if index.numel() else torch.ones(lin.m)
+        rcond = reciprocal_condition(matrix)
         rcond_min = self.rcond_min
         if rcond_min is None:
             rcond_min = 100 * max(index.numel(), 1) * torch.finfo(matrix.dtype).eps

@@ -3,12 +3,13 @@
 The graph of ``H`` is built once at ``(θ, y*)`` and reused by every product, so one iteration of
 an adjoint linear solver costs one backward pass through ``H`` and nothing more:
 
-- ``Bᵀu`` and ``Aᵀu`` are vector-Jacobian products (``torch.func.vjp``, built once each);
+- ``Bᵀu`` and ``Aᵀu`` are vector-Jacobian products on that one graph;
 - ``Bw + Aθ̇`` (forward mode) uses the double-VJP identity: ``g(u) = [A B]ᵀu`` is linear in
   ``u``, so the VJP of ``g`` at ``(w, θ̇)`` is ``Bw + Aθ̇``; built on first use, then reused.
 
-``torch.func`` is used throughout so that the products also work when ``implicit_solve`` is
-itself inside a ``torch.func`` transform (``jvp``, ``grad``, ``vjp``).
+Two interchangeable backends: plain autograd (low per-call overhead) when no ``torch.func``
+transform is active, and ``torch.func.vjp`` when ``implicit_solve`` itself runs inside one
+(``torch.func.jvp``, ``grad``, ``vjp``), where plain autograd on fresh leaves is not allowed.
 
 Vectors are handled in the flattened layout ``(m, k)`` used by ``bilevel.linalg``: ``m``
 independent problems (the solver's leading batch dimensions) of ``k`` unknowns each.
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 Mapping = Callable[[Tensor, tuple[Tensor, ...]], Tensor]
+Vjp = Callable[[Tensor], tuple[Tensor, ...]]
 
 
 class Linearization:
@@ -44,15 +46,17 @@ class Linearization:
         self._y = y.detach()
         self._thetas = tuple(t.detach() for t in thetas)
         self._mapping = mapping
-        H, self._vjp_y = torch.func.vjp(lambda yy: mapping(yy, self._thetas), self._y)
+        if torch._C._functorch.maybe_current_level() is None:
+            H, self._vjp = _autograd_vjp(mapping, self._y, self._thetas)
+        else:
+            H, self._vjp = torch.func.vjp(lambda yy, *ts: mapping(yy, ts), self._y, *self._thetas)
         if H.shape != y.shape:
             raise ValueError(
                 f"the optimality mapping returned shape {tuple(H.shape)} for y of shape "
                 f"{tuple(y.shape)}: H(θ, y) must be shaped like y"
             )
         self._H = H.detach()
-        self._vjp_theta: Callable[[Tensor], tuple[Tensor, ...]] | None = None
-        self._jvp: Callable[[tuple[Tensor, ...]], tuple[Tensor]] | None = None
+        self._jvp: Vjp | None = None
 
     @property
     def residual(self) -> Tensor:
@@ -69,16 +73,11 @@ class Linearization:
 
     def rmatvec_y(self, u: Tensor) -> Tensor:
         """``Bᵀu`` for ``u`` of shape ``(m, k)``."""
-        (out,) = self._vjp_y(self.unflat(u))
-        return self.flat(out)
+        return self.flat(self._vjp(self.unflat(u))[0])
 
     def rmatvec_theta(self, u: Tensor) -> tuple[Tensor, ...]:
         """``Aᵀu``, one entry per θ."""
-        if self._vjp_theta is None:
-            _, self._vjp_theta = torch.func.vjp(
-                lambda *ts: self._mapping(self._y, ts), *self._thetas
-            )
-        return self._vjp_theta(self.unflat(u))
+        return self._vjp(self.unflat(u))[1:]
 
     def rows_y(self, index: Tensor) -> Tensor:
         """Rows ``index`` of ``B`` restricted to the columns ``index``, for every problem.
@@ -99,17 +98,33 @@ class Linearization:
         """``B w + Σ_j A_j θ̇_j`` (forward-mode product), ``w`` of shape ``(m, k)`` or None."""
         if self._jvp is None:
             def transposed(u: Tensor) -> tuple[Tensor, ...]:
-                _, vjp = torch.func.vjp(self._mapping, self._y, self._thetas)
-                g_y, g_thetas = vjp(u)
-                return (g_y, *g_thetas)
+                return torch.func.vjp(self._mapping, self._y, self._thetas)[1](u)
 
-            _, self._jvp = torch.func.vjp(transposed, torch.zeros_like(self._H))
+            _, vjp = torch.func.vjp(transposed, torch.zeros_like(self._H))
+            self._jvp = lambda cotangents: vjp((cotangents[0], cotangents[1:]))
         dots = tuple(theta_dots) + (None,) * (len(self._thetas) - len(theta_dots))
         cotangents = (
             torch.zeros(self.shape, dtype=self._y.dtype, device=self._y.device)
             if w is None else self.unflat(w),
-            *(torch.zeros_like(t) if d is None else d for t, d in zip(self._thetas, dots,
-                                                                       strict=True)),
+            *(torch.zeros_like(t) if d is None else d
+              for t, d in zip(self._thetas, dots, strict=True)),
         )
         (out,) = self._jvp(cotangents)
         return self.flat(out)
+
+
+def _autograd_vjp(mapping: Mapping, y: Tensor, thetas: tuple[Tensor, ...]
+                  ) -> tuple[Tensor, Vjp]:
+    """``H`` and ``u ↦ (Bᵀu, A₁ᵀu, …)`` on one retained autograd graph."""
+    with torch.enable_grad():
+        leaves = (y.requires_grad_(True), *(t.requires_grad_(True) for t in thetas))
+        H = mapping(leaves[0], leaves[1:])
+
+    def vjp(u: Tensor) -> tuple[Tensor, ...]:
+        if not H.requires_grad:  # H depends on neither y nor θ
+            return tuple(torch.zeros_like(x) for x in leaves)
+        grads = torch.autograd.grad(H, leaves, u, retain_graph=True, allow_unused=True)
+        return tuple(torch.zeros_like(x) if g is None else g
+                     for x, g in zip(leaves, grads, strict=True))
+
+    return H, vjp

@@ -31,18 +31,24 @@ class ProxGradientMapping:
     Args:
         smooth: ``f(y, θ)`` → scalar (a tensor of per-problem values is summed).
         prox: ``prox(v, θ, η)``.
+        gradient: ``∇_y f(y, θ)`` written out (differentiable), when the caller has it: saves
+            the nested autodiff of ``smooth`` in every product with ``∂H``.
     """
 
-    def __init__(self, smooth: SmoothFn, prox: ProxFn):
+    def __init__(self, smooth: SmoothFn, prox: ProxFn, gradient: SmoothFn | None = None):
         self.smooth = smooth
         self.prox = prox
+        self.gradient = gradient
 
     def __call__(self, y: Tensor, theta: Theta, eta: float) -> Tensor:
         """``H(θ, y)`` (differentiable in ``y`` and ``θ``)."""
         return y - self.prox(self.forward_point(y, theta, eta), theta, eta)
 
     def forward_point(self, y: Tensor, theta: Theta, eta: float) -> Tensor:
-        """``z = y − η∇f(y, θ)`` (``torch.func.grad``: differentiable, composes with transforms)."""
+        """``z = y − η∇f(y, θ)`` (``torch.func.grad`` unless ``gradient`` was given:
+        differentiable, composes with transforms)."""
+        if self.gradient is not None:
+            return y - eta * self.gradient(y, theta)
         return y - eta * torch.func.grad(lambda yy: self.smooth(yy, theta).sum())(y)
 
     def structure(self, y: Tensor, theta: Theta, eta: float, grad: Tensor | None = None

@@ -17,10 +17,12 @@ Optimality mapping (the prox-gradient residual, ``solvers.prox_mapping``):
 
     H(θ, w) = w − prox_{ηg(·;θ)}(w − η Xᵀ F'(Xw)),   H(θ, w*) = 0,
 
-with ``η = 1 / (sup F'' · max_j ‖x_j‖²)``. Every penalty here has inactive coordinates exactly 0
-whatever θ, so the solver also offers the mapping *reduced to the support* (``X`` replaced by
-``X_S``): the engine then solves the implicit system on ``|S|`` unknowns with products that cost
-``O(n|S|)``, not ``O(np)``.
+with ``η = 1 / (sup F'' · max_j ‖x_j‖²)``, the max over the columns the working sets visited
+(any ``η > 0`` has the same zeros and gives the same implicit derivative). Every penalty here
+has inactive coordinates exactly 0 whatever θ, so the solver also offers the mapping *reduced
+to the support* (``X`` replaced by ``X_S``, or the working set's Gram matrix for least squares):
+the engine then solves the implicit system on ``|S|`` unknowns with products that cost
+``O(n|S|)`` (``O(|S|²)``), not ``O(np)``.
 """
 
 from __future__ import annotations
@@ -70,14 +72,20 @@ class WorkingSet:
         self.maxiter = maxiter
         self.ws_start = ws_start
         self.sub_maxiter = sub_maxiter
-        col_sq = float((X * X).sum(0).max())
-        self.step = 1.0 / (self.datafit.curvature_bound() * max(col_sq, 1e-300))
-        self.mapping = ProxGradientMapping(self._smooth, self._prox)
+        self._col_sq = 0.0  # max_j ‖x_j‖² over the working sets visited so far
+        self.mapping = ProxGradientMapping(self._smooth, self._prox, self._gradient)
         self.info: SolveInfo | None = None
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._gram: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)
 
     # -- protocol ----------------------------------------------------------------------------
+
+    @property
+    def step(self) -> float:
+        """``η`` of the optimality mapping."""
+        if self._col_sq == 0.0:  # no working set visited yet: use every column
+            self._col_sq = float(torch.linalg.vector_norm(self.X, dim=0).max()) ** 2
+        return 1.0 / (self.datafit.curvature_bound() * max(self._col_sq, 1e-300))
 
     def run(self, theta: Theta, init: Tensor | None = None) -> Tensor:
         """Solve at ``θ`` from ``init`` (default zeros); returns ``w*`` (no graph)."""
@@ -136,16 +144,16 @@ class WorkingSet:
         """``(w_S, θ) ↦ H_S`` with ``w`` zero off ``index``: the mapping of the problem on
         ``X_S``. Its Jacobian is ``[A_S B_SS]``, and ``A_I = 0`` (inactive coordinates stay 0)."""
         penalty = self.penalty
+        smooth, gradient = self._restricted_smooth(index)
         mapping = ProxGradientMapping(
-            self._restricted_smooth(index),
-            lambda v, t, step: penalty.prox(v, penalty.params(t, index), step),
+            smooth, lambda v, t, step: penalty.prox(v, penalty.params(t, index), step), gradient
         )
         return lambda w_S, t: mapping(w_S, t, self.step)
 
-    def _restricted_smooth(self, index: Tensor) -> Callable[[Tensor, Theta], Tensor]:
-        """``w_S ↦ F(X_S w_S)``; for a quadratic datafit, the same function written with the
-        Gram matrix the last working-set solve already formed (``½wᵀGw − bᵀw`` up to a
-        constant), so that each product with ``∂H`` costs ``O(|S|²)`` instead of ``O(n|S|)``."""
+    def _restricted_smooth(self, index: Tensor) -> tuple[Callable, Callable]:
+        """``w_S ↦ F(X_S w_S)`` and its gradient; for a quadratic datafit, the same function
+        written with the Gram matrix the last working-set solve already formed (``½wᵀGw − bᵀw``
+        up to a constant), so that each product with ``∂H`` costs ``O(|S|²)``, not ``O(n|S|)``."""
         W, G, b = self._gram
         if W is not None:
             position = torch.full((self.X.shape[1],), -1, dtype=torch.long, device=W.device)
@@ -153,14 +161,19 @@ class WorkingSet:
             pos = position[index]
             if bool((pos >= 0).all()):
                 G_SS, b_S = G[pos][:, pos], b[pos]
-                return lambda w, t: 0.5 * (w @ (G_SS @ w)) - b_S @ w
+                return (lambda w, t: 0.5 * (w @ (G_SS @ w)) - b_S @ w,
+                        lambda w, t: G_SS @ w - b_S)
         X_S, datafit = self.X[:, index], self.datafit
-        return lambda w, t: datafit.value(X_S @ w)
+        return (lambda w, t: datafit.value(X_S @ w),
+                lambda w, t: X_S.T @ datafit.derivative(X_S @ w))
 
     # -- internals ---------------------------------------------------------------------------
 
     def _smooth(self, w: Tensor, theta: Theta) -> Tensor:
         return self.datafit.value(self.X @ w)
+
+    def _gradient(self, w: Tensor, theta: Theta) -> Tensor:
+        return self.X.T @ self.datafit.derivative(self.X @ w)
 
     def _prox(self, v: Tensor, theta: Theta, step: float) -> Tensor:
         return self.penalty.prox(v, self.penalty.params(theta), step)
@@ -192,6 +205,7 @@ class WorkingSet:
         sub-solver iterations."""
         X_W = self.X[:, W]
         datafit, penalty = self.datafit, self.penalty
+        self._col_sq = max(self._col_sq, float((X_W * X_W).sum(0).max()))
         iterations = 0
         for _ in range(1 if datafit.quadratic else 100):
             grad = X_W.T @ datafit.derivative(z)
@@ -256,7 +270,5 @@ def _check_data(X: Tensor, y: Tensor) -> None:
                          f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
     if y.dtype != X.dtype or y.device != X.device:
         raise ValueError(f"y is {y.dtype} on {y.device} but X is {X.dtype} on {X.device}")
-    if not bool(torch.isfinite(X).all()):
-        raise ValueError("X contains NaN or Inf")
     if not bool(torch.isfinite(y).all()):
         raise ValueError("y contains NaN or Inf")
