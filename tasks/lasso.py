@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from bilevel.outer import BilevelProblem
-from solvers import ProxGrad, prox
+from solvers import models
 from tasks.base import Task, resolve_dtype
 
 DATASETS = {"diabetes": datasets.load_diabetes}
@@ -69,12 +69,7 @@ def build(
     n, p = Xt.shape
     lam_max = float((Xt.T @ yt).abs().max()) / n
 
-    solver = ProxGrad(
-        lambda w, theta: 0.5 * ((Xt @ w - yt) ** 2).mean(),
-        lambda v, theta, step: prox.l1(v, step * theta.exp()),
-        tol=tol,
-        maxiter=100_000,
-    )
+    solver = models.lasso(Xt, yt, tol=tol)  # working-set solver, λ = e^θ
 
     def validation_loss(w: Tensor, theta: Tensor) -> Tensor:
         return 0.5 * ((Xv @ w - yv) ** 2).mean()

@@ -1,4 +1,4 @@
-"""The README's quick start runs as written and gives the closed-form hypergradient."""
+"""The README's code runs as written, and its quick start gives the closed-form hypergradient."""
 
 from __future__ import annotations
 
@@ -21,3 +21,7 @@ def test_quick_start_runs_and_matches_closed_form():
     dw = -torch.linalg.solve(X[:, S].T @ X[:, S] / X.shape[0], torch.sign(w[S]))
     ref = lam * float((Xv.T @ (Xv @ w - yv) / Xv.shape[0])[S] @ dw)
     assert abs(float(namespace["log_lam"].grad) - ref) <= 1e-8 * abs(ref)
+    for block in blocks[1:]:  # the later examples run in the quick start's namespace
+        exec(compile(block, "README example", "exec"), namespace)
+    assert namespace["adjoint"].report.linear_solver == "cg"
+    assert torch.allclose(namespace["w"], w, atol=1e-8)  # the working-set solver agrees
