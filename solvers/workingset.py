@@ -50,6 +50,8 @@ class WorkingSet:
         maxiter: cap on working-set iterations.
         ws_start: smallest working set.
         sub_maxiter: cap on the iterations of the quadratic sub-solver.
+        gram_max: largest working set whose Hessian (Gram matrix) is formed; larger working
+            sets are solved by FISTA with products by ``X_W``.
 
     Attributes:
         info: :class:`~solvers.base.SolveInfo` of the last run (iterations: the sub-solver's
@@ -61,7 +63,8 @@ class WorkingSet:
     batch_ndim = 0
 
     def __init__(self, X: Tensor, y: Tensor, penalty, *, datafit="quadratic", tol: float = 1e-10,
-                 maxiter: int = 100, ws_start: int = 10, sub_maxiter: int = 20_000):
+                 maxiter: int = 100, ws_start: int = 10, sub_maxiter: int = 20_000,
+                 gram_max: int = 512):
         _check_data(X, y)
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
@@ -72,6 +75,7 @@ class WorkingSet:
         self.maxiter = maxiter
         self.ws_start = ws_start
         self.sub_maxiter = sub_maxiter
+        self.gram_max = gram_max
         self._col_sq = 0.0  # max_j ‖x_j‖² over the working sets visited so far
         self.mapping = ProxGradientMapping(self._smooth, self._prox, self._gradient)
         self.info: SolveInfo | None = None
@@ -206,6 +210,9 @@ class WorkingSet:
         X_W = self.X[:, W]
         datafit, penalty = self.datafit, self.penalty
         self._col_sq = max(self._col_sq, float((X_W * X_W).sum(0).max()))
+        if datafit.quadratic and W.numel() > self.gram_max:  # a Gram matrix would cost more
+            return _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol,
+                                      self.sub_maxiter)
         iterations = 0
         for _ in range(1 if datafit.quadratic else 100):
             grad = X_W.T @ datafit.derivative(z)
@@ -254,6 +261,33 @@ def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: fl
             for candidate in (penalty.on_support(G, b, x_new, params), x_new):
                 if float(penalty.violation(candidate, G @ candidate - b, params).max()) <= tol:
                     return candidate, k + 1
+        if float(((y - x_new) * (x_new - x)).sum()) > 0:
+            t = 1.0
+        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        y = x_new + ((t - 1) / t_new) * (x_new - x)
+        x, t = x_new, t_new
+    return x, maxiter
+
+
+def _solve_matrix_free(X_W: Tensor, w: Tensor, datafit, penalty, params: dict, tol: float,
+                       maxiter: int) -> tuple[Tensor, int]:
+    """``argmin_v F(X_W v) + g(v)`` by FISTA with restart and products by ``X_W`` only (step
+    ``1/L``, ``L`` from power iterations on ``sup F'' · X_WᵀX_W``); stops on the KKT violation."""
+    v = torch.randn(X_W.shape[1], generator=torch.Generator().manual_seed(0), dtype=X_W.dtype)
+    v = v.to(X_W.device)
+    lipschitz = 0.0
+    for _ in range(20):
+        v = X_W.T @ (X_W @ (v / v.norm()))
+        lipschitz = float(v.norm()) * datafit.curvature_bound()
+    step = 1.0 / (1.05 * max(lipschitz, 1e-300))
+    x, y, t = w, w, 1.0
+    for k in range(maxiter):
+        grad = X_W.T @ datafit.derivative(X_W @ y)
+        x_new = penalty.prox(y - step * grad, params, step)
+        if k % 10 == 0:
+            g_new = X_W.T @ datafit.derivative(X_W @ x_new)
+            if float(penalty.violation(x_new, g_new, params).max()) <= tol:
+                return x_new, k + 1
         if float(((y - x_new) * (x_new - x)).sum()) > 0:
             t = 1.0
         t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
