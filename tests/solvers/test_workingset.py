@@ -170,3 +170,21 @@ def test_bad_penalty_parameters_are_errors():
         models.lasso(X, y).run(torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="labels"):
         models.sparse_logreg(X, y)
+
+
+def test_matrix_free_path_for_large_working_sets_matches_sklearn():
+    """Working sets above ``gram_max`` are solved without forming their Gram matrix."""
+    X, y, Xv, yv = wide()
+    alpha, rho = 0.5, 0.5
+    theta = torch.tensor([math.log(alpha * rho), math.log(alpha * (1 - rho))], dtype=F64,
+                         requires_grad=True)
+    solver = models.elastic_net(X, y, tol=1e-12, gram_max=4)
+    w = bilevel.implicit_solve(solver, theta)
+    ref = ElasticNet(alpha=alpha, l1_ratio=rho, **TIGHT).fit(X.numpy(), y.numpy()).coef_
+    assert (w != 0).sum() > 4
+    assert np.abs(w.detach().numpy() - ref).max() <= 1e-8 * np.abs(ref).max()
+    val_loss(Xv, yv)(w).backward()
+    gram = models.elastic_net(X, y, tol=1e-12)
+    t = theta.detach().clone().requires_grad_(True)
+    val_loss(Xv, yv)(bilevel.implicit_solve(gram, t)).backward()
+    assert torch.allclose(theta.grad, t.grad, rtol=1e-7)
