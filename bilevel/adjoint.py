@@ -104,6 +104,13 @@ class ImplicitAdjoint:
         if self.ridge < 0 or not math.isfinite(self.ridge):
             raise ValueError(f"ridge must be a finite number ≥ 0, got {self.ridge}")
 
+    def kink_tolerance(self, solver: object, dtype: torch.dtype) -> float:
+        """``kink_tol``, defaulting to 10× the solver's ``tol`` (or ``√eps`` without one)."""
+        if self.kink_tol is not None:
+            return self.kink_tol
+        tol = getattr(solver, "tol", None)
+        return 10 * tol if tol else math.sqrt(torch.finfo(dtype).eps)
+
     # -- the two modes -------------------------------------------------------------------------
 
     def reverse(self, lin: Linearization, v: Tensor, inactive: Tensor | None,

@@ -10,7 +10,6 @@ differentiable along the kink, for the purpose of this loss).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,10 +77,9 @@ def kink_certificate(
     thetas = (theta,) if single else tuple(theta)
     thetas = tuple(t.detach() for t in thetas)
     y = y.detach()
-    if kink_tol is None:
-        tol = getattr(solver, "tol", None)
-        kink_tol = 10 * tol if tol else math.sqrt(torch.finfo(y.dtype).eps)
     adjoint = adjoint or ImplicitAdjoint()
+    if kink_tol is None:
+        kink_tol = adjoint.kink_tolerance(solver, y.dtype)
 
     def arg(ts: tuple[Tensor, ...]) -> Theta:
         return ts[0] if single else ts

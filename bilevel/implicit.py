@@ -16,7 +16,6 @@ the :class:`~bilevel.adjoint.ImplicitAdjoint` passed in.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -91,10 +90,7 @@ class _ImplicitProblem:
         self.adjoint.report = report = ImplicitReport(inner=getattr(self.solver, "info", None))
         self.structure = _structure(self.solver, y, theta)
         if self.structure.kink_distance is not None:
-            kink_tol = self.adjoint.kink_tol
-            if kink_tol is None:
-                tol = getattr(self.solver, "tol", None)
-                kink_tol = 10 * tol if tol else math.sqrt(torch.finfo(y.dtype).eps)
+            kink_tol = self.adjoint.kink_tolerance(self.solver, y.dtype)
             report.n_kinks = int((self.structure.kink_distance <= kink_tol).sum())
             if report.n_kinks:
                 warnings.warn(

@@ -117,7 +117,8 @@ def _autograd_vjp(mapping: Mapping, y: Tensor, thetas: tuple[Tensor, ...]
                   ) -> tuple[Tensor, Vjp]:
     """``H`` and ``u ↦ (Bᵀu, A₁ᵀu, …)`` on one retained autograd graph."""
     with torch.enable_grad():
-        leaves = (y.requires_grad_(True), *(t.requires_grad_(True) for t in thetas))
+        leaves = (y.detach().requires_grad_(True),
+                  *(t.detach().requires_grad_(True) for t in thetas))
         H = mapping(leaves[0], leaves[1:])
 
     def vjp(u: Tensor) -> tuple[Tensor, ...]:

@@ -130,8 +130,8 @@ def _solve_on_support(G: Tensor, b: Tensor, w: Tensor, sign: Tensor, l1: Tensor 
         return out
     l1_S = _take(l1, S) if isinstance(l1, Tensor) else l1
     l2_S = _take(l2, S) if isinstance(l2, Tensor) else l2
-    G_SS = G[S][:, S] + torch.diag(torch.broadcast_to(torch.as_tensor(l2_S, dtype=G.dtype, device=G.device),
-                                                      (int(S.sum()),)))
+    ridge = torch.as_tensor(l2_S, dtype=G.dtype, device=G.device)
+    G_SS = G[S][:, S] + torch.diag(torch.broadcast_to(ridge, (int(S.sum()),)))
     solution, info = torch.linalg.solve_ex(G_SS, b[S] - l1_S * sign[S])
     if int(info) != 0 or not bool(torch.isfinite(solution).all()):
         return w
