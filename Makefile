@@ -21,8 +21,10 @@ test: $(STAMP)           ## the test suite (fast default; `-m slow` cases are de
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bilevel solvers tasks tests benchmarks
 
-bench: $(STAMP)          ## the Lasso hypergradient benchmark (see BENCHMARKS.md)
-	$(PY) benchmarks/lasso_hypergrad.py
+bench: $(STAMP)          ## the CPU benchmarks of BENCHMARKS.md (celer: pip install -e '.[bench]')
+	$(PY) benchmarks/lasso_hypergrad.py --repeat 5
+	$(PY) benchmarks/sparse_models.py
+	$(PY) benchmarks/logreg_l2_hypergrad.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
