@@ -25,31 +25,13 @@ import time
 
 import numpy as np
 import torch
-from sklearn.datasets import make_regression
+from common import THREADS, best_time, regression_data  # benchmarks/common.py
 from sklearn.linear_model import Lasso
 
 import bilevel
 from solvers import models
 
 F64 = torch.float64
-THREADS = 2
-
-
-def data(n: int, p: int, seed: int):
-    X, y = make_regression(n_samples=2 * n, n_features=p, n_informative=50, noise=5,
-                           random_state=seed)
-    X = X * (math.sqrt(2 * n) / np.linalg.norm(X, axis=0))
-    return X[:n], y[:n], X[n:], y[n:]
-
-
-def best_time(fit, repeat: int):
-    """Min wall time of ``repeat`` calls of ``fit()`` and the last result."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fit()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def ours(X, y, Xv, yv, lam, tol, repeat):
@@ -95,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
 
-    Xn, yn, Xvn, yvn = data(args.n, args.p, args.seed)
+    Xn, yn, Xvn, yvn = regression_data(args.n, args.p, args.seed)
     X, y, Xv, yv = (torch.from_numpy(np.ascontiguousarray(a)) for a in (Xn, yn, Xvn, yvn))
     lam = float((X.T @ y).abs().max()) / args.n / args.lam_ratio
 
