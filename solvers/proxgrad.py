@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from solvers.base import SolveInfo, Structure, Theta, warn_not_converged
+from solvers.fista import momentum
 from solvers.prox_mapping import ProxFn, ProxGradientMapping, SmoothFn, detach
 
 
@@ -97,11 +98,7 @@ class ProxGrad:
                 self.step = step
                 converged = self._residual(x_new, theta) <= self.tol
             if self.acceleration:
-                if float(((y - x_new) * (x_new - x)).sum()) > 0:  # momentum hurts: restart
-                    t = 1.0
-                t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
-                y = x_new + ((t - 1) / t_new) * (x_new - x)
-                t = t_new
+                y, t = momentum(x, x_new, y, t)
             else:
                 y = x_new
             x = x_new

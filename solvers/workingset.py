@@ -35,6 +35,7 @@ from torch import Tensor
 
 from solvers.base import SolveInfo, Structure, Theta, warn_not_converged
 from solvers.datafits import DATAFITS
+from solvers.fista import momentum
 from solvers.prox_mapping import ProxGradientMapping, detach
 
 
@@ -261,11 +262,8 @@ def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: fl
             for candidate in (penalty.on_support(G, b, x_new, params), x_new):
                 if float(penalty.violation(candidate, G @ candidate - b, params).max()) <= tol:
                     return candidate, k + 1
-        if float(((y - x_new) * (x_new - x)).sum()) > 0:
-            t = 1.0
-        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        y = x_new + ((t - 1) / t_new) * (x_new - x)
-        x, t = x_new, t_new
+        y, t = momentum(x, x_new, y, t)
+        x = x_new
     return x, maxiter
 
 
@@ -288,11 +286,8 @@ def _solve_matrix_free(X_W: Tensor, w: Tensor, datafit, penalty, params: dict, t
             g_new = X_W.T @ datafit.derivative(X_W @ x_new)
             if float(penalty.violation(x_new, g_new, params).max()) <= tol:
                 return x_new, k + 1
-        if float(((y - x_new) * (x_new - x)).sum()) > 0:
-            t = 1.0
-        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        y = x_new + ((t - 1) / t_new) * (x_new - x)
-        x, t = x_new, t_new
+        y, t = momentum(x, x_new, y, t)
+        x = x_new
     return x, maxiter
 
 
