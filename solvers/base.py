@@ -90,6 +90,16 @@ class InnerSolver(Protocol):
         ...
 
 
+def require_init(name: str, init: Tensor | None) -> Tensor:
+    """``init`` itself; a clear error when a solver that cannot infer ``y``'s shape got none."""
+    if init is None:
+        raise ValueError(
+            f"{name} needs a starting point to know the shape of y: pass "
+            "init=torch.zeros(...) to implicit_solve / run (also the warm start)"
+        )
+    return init
+
+
 def warn_not_converged(name: str, info: SolveInfo, hint: str) -> None:
     """Raise a :class:`ConvergenceWarning` describing ``info``."""
     warnings.warn(

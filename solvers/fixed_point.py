@@ -42,7 +42,14 @@ from typing import NoReturn
 import torch
 from torch import Tensor
 
-from solvers.base import DivergenceError, SolveInfo, Structure, Theta, warn_not_converged
+from solvers.base import (
+    DivergenceError,
+    SolveInfo,
+    Structure,
+    Theta,
+    require_init,
+    warn_not_converged,
+)
 
 Map = Callable[[Tensor, Theta], Tensor]
 
@@ -235,11 +242,7 @@ class FixedPoint:
     # -- validation --------------------------------------------------------------------------
 
     def _check_init(self, init: Tensor | None) -> Tensor:
-        if init is None:
-            raise ValueError(
-                "FixedPoint needs a starting point to know the shape of y: pass "
-                "init=torch.zeros(...) to implicit_solve / run (also the warm start)"
-            )
+        require_init("FixedPoint", init)
         if not isinstance(init, Tensor):
             raise TypeError(f"init must be a Tensor, got {type(init).__name__}")
         if not init.is_floating_point():

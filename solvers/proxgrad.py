@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from solvers.base import SolveInfo, Structure, Theta, warn_not_converged
+from solvers.base import SolveInfo, Structure, Theta, require_init, warn_not_converged
 from solvers.fista import momentum
 from solvers.prox_mapping import ProxFn, ProxGradientMapping, SmoothFn, detach
 
@@ -77,11 +77,7 @@ class ProxGrad:
 
     def run(self, theta: Theta, init: Tensor | None = None) -> Tensor:
         """Minimise ``f(·, θ) + g(·, θ)`` from ``init``; returns ``y*`` (no graph)."""
-        if init is None:
-            raise ValueError(
-                "ProxGrad needs a starting point to know the shape of y: pass "
-                "init=torch.zeros(...) to implicit_solve / run (also the warm start)"
-            )
+        require_init("ProxGrad", init)
         theta = detach(theta)
         x = init.detach().clone()
         value, grad = self._value_and_grad(x, theta, check=True)

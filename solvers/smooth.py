@@ -41,7 +41,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from solvers.base import DivergenceError, SolveInfo, Structure, Theta, warn_not_converged
+from solvers.base import (
+    DivergenceError,
+    SolveInfo,
+    Structure,
+    Theta,
+    require_init,
+    warn_not_converged,
+)
 
 Objective = Callable[[Tensor, Theta], Tensor]
 
@@ -123,11 +130,7 @@ class Smooth:
         Warns:
             ConvergenceWarning: ``maxiter`` reached with ``‖∇f‖_∞ > tol``.
         """
-        if init is None:
-            raise ValueError(
-                "Smooth needs a starting point to know the shape of y: pass "
-                "init=torch.zeros(...) to implicit_solve / run (also the warm start)"
-            )
+        require_init("Smooth", init)
         if init.ndim < self.batch_ndim:
             raise ValueError(
                 f"init has {init.ndim} dimensions but batch_ndim={self.batch_ndim}"
