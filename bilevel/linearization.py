@@ -47,9 +47,10 @@ class Linearization:
         self._thetas = tuple(t.detach() for t in thetas)
         self._mapping = mapping
         if torch._C._functorch.maybe_current_level() is None:
-            H, self._vjp = _autograd_vjp(mapping, self._y, self._thetas)
+            H, self._vjp, self._vjp_y = _autograd_vjp(mapping, self._y, self._thetas)
         else:
             H, self._vjp = torch.func.vjp(lambda yy, *ts: mapping(yy, ts), self._y, *self._thetas)
+            self._vjp_y = lambda u: self._vjp(u)[0]
         if H.shape != y.shape:
             raise ValueError(
                 f"the optimality mapping returned shape {tuple(H.shape)} for y of shape "
@@ -73,7 +74,7 @@ class Linearization:
 
     def rmatvec_y(self, u: Tensor) -> Tensor:
         """``Bᵀu`` for ``u`` of shape ``(m, k)``."""
-        return self.flat(self._vjp(self.unflat(u))[0])
+        return self.flat(self._vjp_y(self.unflat(u)))
 
     def rmatvec_theta(self, u: Tensor) -> tuple[Tensor, ...]:
         """``Aᵀu``, one entry per θ."""
@@ -114,8 +115,9 @@ class Linearization:
 
 
 def _autograd_vjp(mapping: Mapping, y: Tensor, thetas: tuple[Tensor, ...]
-                  ) -> tuple[Tensor, Vjp]:
-    """``H`` and ``u ↦ (Bᵀu, A₁ᵀu, …)`` on one retained autograd graph."""
+                  ) -> tuple[Tensor, Vjp, Callable[[Tensor], Tensor]]:
+    """``H``, ``u ↦ (Bᵀu, A₁ᵀu, …)`` and ``u ↦ Bᵀu`` on one retained autograd graph (the
+    last skips the θ-gradients, which can be large: a QP's ``Q`` per batch item)."""
     with torch.enable_grad():
         leaves = (y.detach().requires_grad_(True),
                   *(t.detach().requires_grad_(True) for t in thetas))
@@ -128,4 +130,10 @@ def _autograd_vjp(mapping: Mapping, y: Tensor, thetas: tuple[Tensor, ...]
         return tuple(torch.zeros_like(x) if g is None else g
                      for x, g in zip(leaves, grads, strict=True))
 
-    return H, vjp
+    def vjp_y(u: Tensor) -> Tensor:
+        if not H.requires_grad:
+            return torch.zeros_like(leaves[0])
+        (grad,) = torch.autograd.grad(H, leaves[0], u, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(leaves[0]) if grad is None else grad
+
+    return H, vjp, vjp_y
