@@ -80,7 +80,7 @@ class ImplicitAdjoint:
             the inner solver's tolerance).
         dense_max: largest active set for which ``"auto"`` materialises ``B_SS``.
         rcond_min: reciprocal condition number below which ``B_SS`` counts as singular
-            (default ``100·k·eps``).
+            (default ``k·eps``).
 
     Attributes:
         report: :class:`ImplicitReport` of the last solve this adjoint served.
@@ -187,7 +187,8 @@ class ImplicitAdjoint:
             raise SingularJacobianError(
                 f"the adjoint linear solve ({method}) stopped after {info.iterations} iterations "
                 f"at relative residual {info.residual:.2e} > tol {tol:.1e}: ∂yH is singular or "
-                "ill-conditioned on the active set (duplicated or collinear active features?). "
+                "ill-conditioned on the active set (duplicated or collinear active features of a "
+                "sparse model? a map that does not contract at its fixed point?). "
                 "Fix the cause, raise ImplicitAdjoint(maxiter=...), or opt into a fallback: "
                 "ImplicitAdjoint(ridge=1e-8) or ImplicitAdjoint(linear_solver='lstsq')."
             )
@@ -216,7 +217,7 @@ class ImplicitAdjoint:
         rcond = reciprocal_condition(matrix)
         rcond_min = self.rcond_min
         if rcond_min is None:
-            rcond_min = 100 * max(index.numel(), 1) * torch.finfo(matrix.dtype).eps
+            rcond_min = max(index.numel(), 1) * torch.finfo(matrix.dtype).eps
         self.report.rcond = float(rcond.min()) if rcond.numel() else None
         singular = (rcond < rcond_min).nonzero().flatten().tolist()
         if singular and method != "lstsq":
@@ -224,7 +225,8 @@ class ImplicitAdjoint:
             raise SingularJacobianError(
                 f"∂yH is singular on the active set{items} (reciprocal condition "
                 f"{float(rcond.min()):.1e} < {rcond_min:.1e}, {index.numel()} active coordinates)"
-                ": duplicated or collinear active features? Remove them, or opt into a fallback: "
+                ": duplicated or collinear active features of a sparse model, or a map that does "
+                "not contract at its fixed point? Remove the cause, or opt into a fallback: "
                 "ImplicitAdjoint(ridge=1e-8) or ImplicitAdjoint(linear_solver='lstsq')."
             )
         if singular:

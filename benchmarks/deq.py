@@ -1,0 +1,263 @@
+"""DEQ classifier on sklearn digits: FixedPointLayer beside torchdeq and an explicit MLP.
+
+Data: ``sklearn.datasets.load_digits`` (1,797 8×8 images, 64 features, 10 classes), rows shuffled
+with ``numpy.random.default_rng(seed)``, the first 1,400 train and the remaining 397 test,
+features standardised with the train mean / std (float32).
+
+Models (one ``torch.manual_seed(seed)`` before each, so both DEQs start from the same cell):
+
+- ``ours``: the cell ``f(z, x) = tanh(W z + U x + b)`` (``U``: 64 → 128 with bias ``b``, ``W``:
+  128 → 128, ``nn.Linear`` default init) in ``bilevel.layers.FixedPointLayer`` (Anderson forward
+  from z = 0, implicit backward), then a linear head 128 → 10;
+- ``torchdeq``: the same cell and head with ``torchdeq.get_deq(f_solver="anderson",
+  b_solver="anderson", ift=True)``, every other setting at its default (forward: ≤ 40
+  iterations to ‖f(z) − z‖₂ < 1e-3 per sample; backward: Anderson on the adjoint fixed point,
+  ≤ 40 iterations to 1e-6; test-time forward at the same settings, module in ``eval()``);
+- ``mlp``: explicit ``64 → 128 → tanh → 128 → tanh → 10`` (two hidden layers of the same width:
+  ``U`` and ``W`` applied once each).
+
+Training: Adam (lr ``--lr``), batch 64 (the last batch of an epoch is smaller), cross-entropy,
+``--epochs`` epochs, one shuffling generator per model seeded alike. Reported per model: the
+median (and mean) wall time of a training epoch (forward + backward + step over the 1,400
+samples; evaluation not included), the test accuracy after the last epoch, and for the DEQs the
+mean forward iterations (and, for ours, adjoint iterations) per batch; the ratio to torchdeq is
+taken on the medians (robust to the load spikes of a shared machine). All models run in one
+process on ``--threads`` torch threads (default 2), their epochs interleaved (epoch 1 of every
+model, then epoch 2, …), so that drifting load hits them alike; each model's result is the same
+as if it ran alone. A run whose inner or adjoint solve fails (DivergenceError,
+SingularJacobianError) is reported FAILED with the epoch and message; the others go on.
+
+Our settings (``--method``, ``--tol``, ``--maxiter``, ``--adjoint``, ``--adjoint-tol``,
+``--adjoint-maxiter``, ``--warm-start``) default to the layer's defaults; ``--variant
+adjoint_tol=1e-3`` adds another run of ours with settings changed (repeatable), trained in the
+same process; ``--models`` picks a subset of mlp, torchdeq, ours.
+
+Run:  .venv/bin/python benchmarks/deq.py [--epochs 20 --seed 0 --variant adjoint_tol=1e-3 ...]
+The last line printed is one JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import bilevel
+from bilevel.layers import FixedPointLayer
+
+N_TRAIN, WIDTH, BATCH, N_CLASSES = 1400, 128, 64, 10
+
+
+def data(seed: int) -> tuple[torch.Tensor, ...]:
+    X, y = load_digits(return_X_y=True)
+    perm = np.random.default_rng(seed).permutation(len(X))
+    X, y = X[perm], y[perm]
+    mean, std = X[:N_TRAIN].mean(0), X[:N_TRAIN].std(0)
+    X = (X - mean) / np.where(std > 0, std, 1.0)
+    t = torch.as_tensor
+    return (t(X[:N_TRAIN], dtype=torch.float32), t(y[:N_TRAIN]),
+            t(X[N_TRAIN:], dtype=torch.float32), t(y[N_TRAIN:]))
+
+
+class Cell(nn.Module):
+    """``f(z, x) = tanh(W z + U x + b)``."""
+
+    def __init__(self, n_in: int = 64, width: int = WIDTH):
+        super().__init__()
+        self.U = nn.Linear(n_in, width)
+        self.W = nn.Linear(width, width, bias=False)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.W(z) + self.U(x))
+
+
+class OurDEQ(nn.Module):
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        adjoint = bilevel.ImplicitAdjoint(linear_solver=args.adjoint, tol=args.adjoint_tol,
+                                          maxiter=args.adjoint_maxiter)
+        self.deq = FixedPointLayer(Cell(), method=args.method, tol=args.tol,
+                                   maxiter=args.maxiter, adjoint=adjoint, z_shape=(WIDTH,),
+                                   warm_start=args.warm_start)
+        self.head = nn.Linear(WIDTH, N_CLASSES)
+        self.stats: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.deq(x))
+
+    def record(self) -> None:
+        lin = self.deq.adjoint.report.linear
+        self.stats.append((self.deq.info.iterations, lin.iterations if lin else 0))
+
+
+class TorchDEQ(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from torchdeq import get_deq
+
+        self.cell = Cell()
+        self.head = nn.Linear(WIDTH, N_CLASSES)
+        self.deq = get_deq(f_solver="anderson", b_solver="anderson", ift=True)
+        self.stats: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z0 = torch.zeros(x.shape[0], WIDTH, dtype=x.dtype)
+        z_out, info = self.deq(lambda z: self.cell(z, x), z0)
+        self.stats.append((int(info["nstep"].max()), 0))
+        return self.head(z_out[-1])
+
+    def record(self) -> None:
+        pass
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, WIDTH), nn.Tanh(), nn.Linear(WIDTH, WIDTH), nn.Tanh(),
+                         nn.Linear(WIDTH, N_CLASSES))
+
+
+def build(name: str, args: argparse.Namespace) -> nn.Module:
+    torch.manual_seed(args.seed)
+    if name.startswith("ours"):
+        return OurDEQ(args)
+    if name == "torchdeq":
+        return TorchDEQ()
+    return mlp()
+
+
+class Run:
+    """One model in training: its optimiser, its shuffling generator, its epoch times."""
+
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name = name
+        self.model = build(name, args)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.times: list[float] = []
+        self.error: str | None = None
+
+    def epoch(self, Xtr: torch.Tensor, ytr: torch.Tensor) -> None:
+        """Train one epoch; an exception ends this run (recorded in ``error``), not the others."""
+        if self.error is not None:
+            return
+        try:
+            self._epoch(Xtr, ytr)
+        except (bilevel.SingularJacobianError, bilevel.DivergenceError) as err:
+            self.error = f"epoch {len(self.times) + 1}: {type(err).__name__}: {err}"
+
+    def _epoch(self, Xtr: torch.Tensor, ytr: torch.Tensor) -> None:
+        model, opt = self.model, self.opt
+        model.train()
+        perm = torch.randperm(N_TRAIN, generator=self.gen)
+        t0 = time.perf_counter()
+        for start in range(0, N_TRAIN, BATCH):
+            idx = perm[start:start + BATCH]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
+            loss.backward()
+            if hasattr(model, "record"):
+                model.record()
+            opt.step()
+        self.times.append(time.perf_counter() - t0)
+
+    def result(self, Xte: torch.Tensor, yte: torch.Tensor) -> dict:
+        if self.error is not None:
+            return {"failed": self.error}
+        model = self.model
+        stats = list(getattr(model, "stats", []))
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(Xte).argmax(1) == yte).float().mean())
+        out = {"ms_per_epoch": 1e3 * float(np.mean(self.times)),
+               "ms_per_epoch_median": 1e3 * float(np.median(self.times)), "test_acc": acc}
+        if stats:
+            out["forward_iters"] = float(np.mean([s[0] for s in stats]))
+            if self.name.startswith("ours"):
+                out["adjoint_iters"] = float(np.mean([s[1] for s in stats]))
+        return out
+
+
+def variant(args: argparse.Namespace, spec: str) -> argparse.Namespace:
+    """``args`` with the ``key=value`` pairs of ``spec`` applied (values parsed as Python
+    literals where possible: ``1e-3``, ``True``, ``None``; else kept as strings)."""
+    out = argparse.Namespace(**vars(args))
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not hasattr(out, key):
+            raise SystemExit(f"--variant: unknown setting {key!r}")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        setattr(out, key, parsed)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="mlp,torchdeq,ours")
+    ap.add_argument("--method", default="anderson")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--maxiter", type=int, default=50)
+    ap.add_argument("--adjoint", default="gmres")
+    ap.add_argument("--adjoint-tol", type=float, default=1e-4)
+    ap.add_argument("--adjoint-maxiter", type=int, default=None)
+    ap.add_argument("--warm-start", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...",
+                    help="another run of ours with these settings changed (repeatable), e.g. "
+                         "--variant tol=1e-3,adjoint_tol=1e-3")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    Xtr, ytr, Xte, yte = data(args.seed)
+    names = args.models.split(",")
+    if "torchdeq" in names:
+        try:
+            import torchdeq  # noqa: F401
+        except ImportError:
+            print("torchdeq: not installed (pip install torchdeq), skipped")
+            names.remove("torchdeq")
+    runs = [Run(name, args) for name in names]
+    for spec in args.variant:
+        runs.append(Run("ours", variant(args, spec)))
+        runs[-1].name = f"ours[{spec}]"
+    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bilevel.ConvergenceWarning)
+        for _ in range(args.epochs):  # epochs interleaved: load drift hits every model alike
+            for run in runs:
+                run.epoch(Xtr, ytr)
+        for run in runs:
+            results[run.name] = r = run.result(Xte, yte)
+            if "failed" in r:
+                print(f"{run.name:9s} FAILED at {r['failed'][:300]}", flush=True)
+                continue
+            extra = "".join(f"  {k} {r[k]:.1f}" for k in ("forward_iters", "adjoint_iters")
+                            if k in r)
+            print(f"{run.name:9s} {r['ms_per_epoch_median']:7.1f} ms/epoch median (mean "
+                  f"{r['ms_per_epoch']:.1f})  test acc {100 * r['test_acc']:.1f}%{extra}",
+                  flush=True)
+    if "torchdeq" in results:
+        for name in [n for n in results if n.startswith("ours") and "failed" not in results[n]]:
+            ratio = (results[name]["ms_per_epoch_median"]
+                     / results["torchdeq"]["ms_per_epoch_median"])
+            results[name]["over_torchdeq_time"] = ratio
+            print(f"{name} / torchdeq median time per epoch: {ratio:.2f}")
+    settings = {k: getattr(args, k) for k in ("epochs", "seed", "lr", "threads", "method", "tol",
+                                              "maxiter", "adjoint", "adjoint_tol",
+                                              "adjoint_maxiter", "warm_start")}
+    print(json.dumps({"benchmark": "deq_digits", "settings": settings, **results}))
+
+
+if __name__ == "__main__":
+    main()
