@@ -81,7 +81,7 @@ class _ImplicitProblem:
         self.thetas = tuple(t.detach() for t in thetas)
         theta = self.theta_arg(self.thetas)
         y = self.solver.run(theta, init).detach()
-        if not torch.isfinite(y).all():
+        if not torch.isfinite(y).all() and not _failures_marked(self.solver, y):
             raise RuntimeError(
                 f"{type(self.solver).__name__}.run returned non-finite values: check the data "
                 "and theta for NaN/Inf and the inner problem for divergence"
@@ -172,6 +172,19 @@ class _Implicit(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, _problem: None, _init: Tensor | None, *theta_dots: Tensor | None) -> Tensor:
         return ctx.problem.jvp(theta_dots)
+
+
+def _failures_marked(solver: InnerSolver, y: Tensor) -> bool:
+    """Whether every non-finite value of ``y`` lies in a batch item that the solver marked as
+    failed (a nonzero entry of its ``status`` tensor, shaped like ``y``'s batch dimensions).
+    Such items are the solver's to handle in ``optimality`` (e.g. identity rows), so that the
+    derivative of a loss over the other items is unaffected."""
+    status = getattr(solver, "status", None)
+    batch_ndim = getattr(solver, "batch_ndim", 0)
+    if not isinstance(status, Tensor) or status.shape != y.shape[:batch_ndim]:
+        return False
+    bad = ~torch.isfinite(y).flatten(batch_ndim).all(-1)
+    return bool((status[bad] != 0).all())
 
 
 def _structure(solver: InnerSolver, y: Tensor, theta: Theta) -> Structure:

@@ -7,7 +7,7 @@ of iterations; the derivative is exact up to the inner and adjoint tolerances).
 
 - :class:`FixedPointLayer`: a deep-equilibrium (DEQ) layer ``z* = f(z*, x)``.
 - :class:`ProxLayer`: a proximal-gradient solve ``y* = argmin_y f(y, θ) + g(y, θ)``.
-- ``QPLayer``: reserved (a batched QP layer over ``solvers.qp``; see the section at the end).
+- :class:`QPLayer`: a batch of convex QPs ``z* = argmin ½zᵀQz + qᵀz s.t. Az = b, Gz ≤ h``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from solvers.base import SolveInfo, Theta
 from solvers.fixed_point import FixedPoint
 from solvers.prox_mapping import ProxFn, SmoothFn
 from solvers.proxgrad import ProxGrad
+from solvers.qp.kkt import as_params, split
+from solvers.qp.qp import QP
 
-__all__ = ["FixedPointLayer", "ProxLayer"]
+__all__ = ["FixedPointLayer", "ProxLayer", "QPLayer"]
 
 
 def deq_adjoint() -> ImplicitAdjoint:
@@ -198,9 +200,33 @@ class ProxLayer(nn.Module):
         return self.solver.info
 
 
-# -- QPLayer -----------------------------------------------------------------------------------
-# Reserved for a batched QP layer over ``solvers.qp`` (native KKT / cvxpylayers backends), with
-# the KKT conditions in a nonsmooth min/projection form as its optimality mapping H. It will be
-# added here by its own change, with the same shape as the two layers above (solver built once
-# in __init__, ``forward`` = ``implicit_solve(solver, theta, init, adjoint=self.adjoint)``).
+class QPLayer(nn.Module):
+    """A batch of convex QPs as a layer (the signature qpth users know):
 
+        z*(θ) = argmin_z ½ zᵀQz + qᵀz   s.t.  A z = b,  G z ≤ h,      θ = (Q, q, G, h, A, b).
+
+    Solved by ``solvers.QP(backend)`` and differentiated by the engine through the KKT mapping
+    of :mod:`solvers.qp.kkt` (stationarity, primal feasibility, complementarity in min form):
+    gradients reach every parameter that requires grad, and a parameter broadcast over the batch
+    (one ``Q`` for many ``q``) receives the **sum** of the per-item gradients. A weakly active
+    constraint is a kink (``KinkWarning``); an infeasible item of the native backend comes back
+    as NaN with its status in ``self.solver.status``, the rest of the batch is differentiated.
+
+    Args:
+        backend: ``"native"`` (batched interior point, CPU/CUDA) or ``"cvxpylayers"``.
+        adjoint: how to differentiate (default ``ImplicitAdjoint()``).
+        **options: the backend's options (``tol``, ``maxiter``, ``solver_args``).
+    """
+
+    def __init__(self, backend: str = "native", *, adjoint: ImplicitAdjoint | None = None,
+                 **options):
+        super().__init__()
+        self.solver = QP(backend, **options)
+        self.adjoint = adjoint or ImplicitAdjoint()
+
+    def forward(self, Q: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = None,
+                A: Tensor | None = None, b: Tensor | None = None) -> Tensor:
+        """Return the primal solution ``z*`` (``(*batch, n)``)."""
+        params = as_params(Q, q, G, h, A, b)
+        y = implicit_solve(self.solver, tuple(params), adjoint=self.adjoint)
+        return split(y, params.sizes)[0]

@@ -5,10 +5,11 @@ from solvers import datafits, models, penalties, prox
 from solvers.base import ConvergenceWarning, DivergenceError, InnerSolver, SolveInfo, Structure
 from solvers.fixed_point import FixedPoint
 from solvers.proxgrad import ProxGrad
+from solvers.qp.qp import QP
 from solvers.smooth import Smooth
 from solvers.workingset import WorkingSet
 
 __all__ = [
-    "ConvergenceWarning", "DivergenceError", "FixedPoint", "InnerSolver", "ProxGrad", "Smooth",
-    "SolveInfo", "Structure", "WorkingSet", "datafits", "models", "penalties", "prox",
+    "ConvergenceWarning", "DivergenceError", "FixedPoint", "InnerSolver", "ProxGrad", "QP",
+    "Smooth", "SolveInfo", "Structure", "WorkingSet", "datafits", "models", "penalties", "prox",
 ]

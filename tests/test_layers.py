@@ -258,3 +258,27 @@ def test_lasso_layer_gradient_matches_closed_form_on_support():
     assert S.sum() >= 2 and layer.info.converged
     assert abs(float(lam.grad) - ref) <= 1e-8 * abs(ref)
     assert layer.adjoint.report.restricted_size == int(S.sum()) < p
+
+
+@pytest.mark.parametrize("backend", ["native", "cvxpylayers"])
+def test_qp_layer_broadcast_gradients_are_summed(backend):
+    """One Q shared by a batch of q: its gradient is the sum of the per-item gradients."""
+    from bilevel.layers import QPLayer
+
+    gen = torch.Generator().manual_seed(0)
+    n, m, batch = 4, 3, 3
+    M = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    Q = (M @ M.T + torch.eye(n, dtype=torch.float64)).requires_grad_(True)
+    q = torch.randn(batch, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    G = torch.randn(m, n, generator=gen, dtype=torch.float64)
+    h = torch.rand(m, generator=gen, dtype=torch.float64)
+    layer = QPLayer(backend)
+    z = layer(Q, q, G, h)
+    assert z.shape == (batch, n)
+    z.sum().backward()
+    total = torch.zeros_like(Q)
+    for i in range(batch):
+        Qi = Q.detach().clone().requires_grad_(True)
+        layer(Qi, q[i].detach(), G, h).sum().backward()
+        total += Qi.grad
+    assert torch.allclose(Q.grad, total, rtol=1e-6, atol=1e-8)

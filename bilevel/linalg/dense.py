@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from bilevel.linalg.base import LinearSolveInfo, make_info, relative_residual
+from solvers.lapack import lu_safe
 
 METHODS = ("lu", "cholesky", "lstsq")
 
@@ -62,7 +63,8 @@ def dense_solve(
     rhs = b[..., None]
 
     if method == "lu":
-        x, info = torch.linalg.solve_ex(matrix, rhs)
+        with lu_safe(matrix):
+            x, info = torch.linalg.solve_ex(matrix, rhs)
         if bool((info != 0).any()):
             raise ValueError(
                 f"matrix is singular (batch items {_failed_rows(info)}): the LU factorisation "
@@ -106,9 +108,10 @@ def reciprocal_condition(matrix: Tensor) -> Tensor:
     k = matrix.shape[-1]
     if k == 0:  # the empty operator is perfectly conditioned
         return matrix.new_ones(matrix.shape[:-2])
-    factor, pivots, info = torch.linalg.lu_factor_ex(matrix)
     eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
-    inverse = torch.linalg.lu_solve(factor, pivots, eye)
+    with lu_safe(matrix):
+        factor, pivots, info = torch.linalg.lu_factor_ex(matrix)
+        inverse = torch.linalg.lu_solve(factor, pivots, eye)
     norm = matrix.abs().sum(-2).amax(-1)
     inverse_norm = inverse.abs().sum(-2).amax(-1)
     value = 1.0 / (norm * inverse_norm)

@@ -279,3 +279,27 @@ def test_small_random_spd_systems(seed: int, m: int, k: int, method: str) -> Non
     x, info = solve(method, matrix, b, tol=TOL)
     assert info.converged
     assert rel_err(x, torch.linalg.solve(matrix, b)) <= 1e-8
+
+
+def test_batched_lu_is_right_with_several_threads():
+    """Batched LU on the CPU with 2 threads gave wrong pivots for k ≳ 150 here (oneMKL):
+    dense_solve and reciprocal_condition must still agree with per-item solves."""
+    from bilevel.linalg import dense_solve, reciprocal_condition
+
+    gen = torch.Generator().manual_seed(0)
+    k = 200
+    A = torch.randn(4, k, k, generator=gen, dtype=torch.float64) + k**0.5 * torch.eye(
+        k, dtype=torch.float64)
+    b = torch.randn(4, k, generator=gen, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, info = dense_solve(A, b, method="lu")
+        rcond = reciprocal_condition(A)
+    finally:
+        torch.set_num_threads(threads)
+    for i in range(4):
+        assert torch.allclose(x[i], torch.linalg.solve(A[i], b[i]), atol=1e-10)
+        assert torch.allclose(rcond[i], reciprocal_condition(A[i:i + 1])[0], rtol=1e-8)
+    assert info.converged
+    assert torch.get_num_threads() == threads
