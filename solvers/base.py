@@ -90,6 +90,18 @@ class InnerSolver(Protocol):
         ...
 
 
+def check_stopping(tol: float, maxiter: int | None = None) -> None:
+    """The stopping parameters every solver takes: ``tol > 0`` and ``maxiter ≥ 1``.
+
+    Raises:
+        ValueError: naming the parameter.
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    if maxiter is not None and maxiter < 1:
+        raise ValueError(f"maxiter must be ≥ 1, got {maxiter}")
+
+
 def require_init(name: str, init: Tensor | None) -> Tensor:
     """``init`` itself; a clear error when a solver that cannot infer ``y``'s shape got none."""
     if init is None:

@@ -22,7 +22,14 @@ import math
 import torch
 from torch import Tensor
 
-from solvers.base import SolveInfo, Structure, Theta, require_init, warn_not_converged
+from solvers.base import (
+    SolveInfo,
+    Structure,
+    Theta,
+    check_stopping,
+    require_init,
+    warn_not_converged,
+)
 from solvers.fista import momentum
 from solvers.prox_mapping import ProxFn, ProxGradientMapping, SmoothFn, detach
 
@@ -58,10 +65,7 @@ class ProxGrad:
     ):
         if stepsize is not None and not stepsize > 0:
             raise ValueError(f"stepsize must be > 0, got {stepsize}")
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
-        if maxiter < 1:
-            raise ValueError(f"maxiter must be ≥ 1, got {maxiter}")
+        check_stopping(tol, maxiter)
         self.smooth = smooth
         self.prox = prox
         self.mapping = ProxGradientMapping(smooth, prox)

@@ -46,6 +46,7 @@ from solvers.base import (
     SolveInfo,
     Structure,
     Theta,
+    check_stopping,
     require_init,
     warn_not_converged,
 )
@@ -98,10 +99,7 @@ class Smooth:
             raise TypeError(f"objective must be callable, got {type(objective).__name__}")
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
-        if maxiter < 1:
-            raise ValueError(f"maxiter must be ≥ 1, got {maxiter}")
+        check_stopping(tol, maxiter)
         if memory < 1:
             raise ValueError(f"memory must be ≥ 1, got {memory}")
         if batch_ndim < 0:

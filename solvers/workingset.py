@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from solvers.base import SolveInfo, Structure, Theta, warn_not_converged
+from solvers.base import SolveInfo, Structure, Theta, check_stopping, warn_not_converged
 from solvers.datafits import DATAFITS
 from solvers.fista import momentum
 from solvers.prox_mapping import ProxGradientMapping, detach
@@ -67,8 +67,7 @@ class WorkingSet:
                  maxiter: int = 100, ws_start: int = 10, sub_maxiter: int = 20_000,
                  gram_max: int = 512):
         _check_data(X, y)
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
+        check_stopping(tol)
         self.X = X
         self.datafit = DATAFITS[datafit](y) if isinstance(datafit, str) else datafit
         self.penalty = penalty

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from solvers.base import SolveInfo, Structure, warn_not_converged
+from solvers.base import SolveInfo, Structure, check_stopping, warn_not_converged
 from solvers.qp.kkt import QPParams, as_params, kkt_mapping, kkt_structure
 
 DEFAULT_SOLVER_ARGS: dict[str, Any] = {"eps_abs": 1e-10, "eps_rel": 1e-10}
@@ -89,8 +89,7 @@ class CvxpyQP:
         for name, value, least in (("n", n, 1), ("m", m, 0), ("p", p, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an int ≥ {least}, got {value!r}")
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
+        check_stopping(tol)
         self.n, self.m, self.p = n, m, p
         self.tol = tol
         self.solver_args = dict(DEFAULT_SOLVER_ARGS if solver_args is None else solver_args)

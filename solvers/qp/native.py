@@ -84,7 +84,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from solvers.base import ConvergenceWarning, SolveInfo, Structure, warn_not_converged
+from solvers.base import (
+    ConvergenceWarning,
+    SolveInfo,
+    Structure,
+    check_stopping,
+    warn_not_converged,
+)
 from solvers.qp.kkt import QPParams, as_params, kkt_mapping, kkt_structure
 
 SOLVED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, MAX_ITERATIONS = 0, 1, 2, 3
@@ -128,10 +134,7 @@ class NativeQP:
     """
 
     def __init__(self, *, tol: float = 1e-10, maxiter: int = 50, check_psd: bool = True):
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
-        if maxiter < 1:
-            raise ValueError(f"maxiter must be ≥ 1, got {maxiter}")
+        check_stopping(tol, maxiter)
         self.tol = tol
         self.maxiter = maxiter
         self.check_psd = check_psd
