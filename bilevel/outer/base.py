@@ -30,6 +30,13 @@ class BilevelProblem:
         theta0: starting outer variable.
         y0: starting inner variable (warm start of the first inner solve).
         bounds: optional box ``(low, high)`` on θ, applied by projection after each step.
+        inner_loss: ``g(y, θ, idx)``, the inner objective averaged over the inner samples ``idx``
+            (a 1-D index tensor; ``None`` means all ``n_inner`` samples). Stochastic methods
+            (SOBA, SABA, AmIGO, StocBiO, TTSA, unrolled) need it; ``y*(θ) = argmin_y g(y, θ, None)``.
+        outer_loss: ``f(y, θ, idx)``, the outer objective averaged over the outer samples ``idx``
+            (``None``: all ``n_outer`` samples; then it equals ``outer(y, θ)``).
+        n_inner, n_outer: number of inner / outer samples (0 when the task has no sample
+            structure).
     """
 
     inner: InnerSolver
@@ -37,6 +44,10 @@ class BilevelProblem:
     theta0: Tensor
     y0: Tensor
     bounds: tuple[float, float] | None = None
+    inner_loss: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None
+    outer_loss: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None
+    n_inner: int = 0
+    n_outer: int = 0
 
 
 @dataclass
