@@ -25,6 +25,8 @@ class Task:
         hyperparameters: ``θ -> {name: value}`` in the user's units (e.g. λ, not log λ).
         baseline_name: what the method is compared against (e.g. ``"sklearn LassoCV"``).
         baseline: ``() -> (test metric, hyperparameters)`` of that baseline on the same split.
+        extra_metrics: optional ``(θ, y*) -> {name: value}``: further figures the comparison
+            needs (e.g. an F1 score, worst-group accuracy, the baselines' values of them).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Task:
     hyperparameters: Callable[[Tensor], dict[str, float]]
     baseline_name: str
     baseline: Callable[[], tuple[float, dict[str, float]]]
+    extra_metrics: Callable[[Tensor, Tensor], dict[str, float]] | None = None
 
 
 def resolve_dtype(name: str) -> torch.dtype:
