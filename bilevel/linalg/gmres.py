@@ -4,8 +4,10 @@ Solves ``M_i x_i = b_i`` for every row ``i``, with no assumption on ``M_i`` beyo
 invertibility on the Krylov space that is explored. One cycle runs ``J = min(restart, k)``
 Arnoldi steps from the current residual ``r = b − M x`` (orthonormal basis ``V``, Hessenberg
 ``H`` with ``M V_J = V_{J+1} H``, Gram–Schmidt applied twice for stability), reduces ``H`` to
-upper-triangular ``R`` with Givens rotations, and reads the least-squares residual
-``min_y ‖β e₁ − H y‖ = |g_{j+1}|`` off the rotated right-hand side at every step. At the end of a
+upper-triangular ``R`` with Givens rotations (kept multiplied together in one small
+orthogonal matrix per row, so a step costs a fixed number of batched operations whatever
+``j``), and reads the least-squares residual ``min_y ‖β e₁ − H y‖ = |g_{j+1}|`` off the rotated
+right-hand side at every step. At the end of a
 cycle ``x ← x + V R⁻¹ g``, the true residual is recomputed and the next cycle restarts from it.
 
 A row stops when ``‖r_i‖ ≤ tol · ‖b_i‖`` (the estimate ends a cycle early, the true residual
@@ -32,18 +34,16 @@ from bilevel.linalg.base import (
 )
 
 
-def _rotate(h: Tensor, cs: Tensor, sn: Tensor, j: int) -> None:
-    """Apply the ``j`` previous Givens rotations (in place) to a new Hessenberg column ``h``."""
-    for i in range(j):
-        a, c = h[:, i].clone(), h[:, i + 1].clone()
-        h[:, i] = cs[:, i] * a + sn[:, i] * c
-        h[:, i + 1] = cs[:, i] * c - sn[:, i] * a
-
-
 def _cycle(
     matvec: MatVec, r: Tensor, beta: Tensor, threshold: Tensor, active: Tensor, steps: int
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Run one GMRES cycle of at most ``steps`` Arnoldi steps on the ``active`` rows.
+
+    The Givens rotations of the previous steps are kept multiplied together in one orthogonal
+    matrix ``Q_j = G_{j-1} ⋯ G_0`` per row (identity beyond row ``j``), so that a new Hessenberg
+    column is rotated by one batched product instead of ``j`` sequential updates; ``Q`` is
+    updated in place by the new rotation ``G_j`` (two rows). Same arithmetic as applying the
+    rotations one by one, up to rounding.
 
     Args:
         matvec: the operator.
@@ -59,7 +59,7 @@ def _cycle(
     m, k = r.shape
     basis = r.new_zeros(m, steps + 1, k)
     rmat = r.new_zeros(m, steps, steps)
-    cs, sn = r.new_zeros(m, steps), r.new_zeros(m, steps)
+    rotations = torch.eye(steps + 1, dtype=r.dtype, device=r.device).repeat(m, 1, 1)
     g = r.new_zeros(m, steps + 1)
     g[:, 0] = beta
     basis[:, 0] = ratio(r, beta[:, None].expand_as(r))[0]
@@ -71,22 +71,26 @@ def _cycle(
         if not bool(active.any()):
             break
         calls += 1
-        w = apply(matvec, basis[:, j], active)
+        w = apply(matvec, basis[:, j], active)[:, :, None]
         v = basis[:, : j + 1]
-        h = torch.einsum("mik,mk->mi", v, w)
-        w = w - torch.einsum("mi,mik->mk", h, v)
-        h2 = torch.einsum("mik,mk->mi", v, w)  # second Gram–Schmidt pass
-        w = w - torch.einsum("mi,mik->mk", h2, v)
+        h = torch.bmm(v, w)  # (m, j+1, 1)
+        w = torch.baddbmm(w, v.transpose(1, 2), h, alpha=-1)
+        h2 = torch.bmm(v, w)  # second Gram–Schmidt pass
+        w = torch.baddbmm(w, v.transpose(1, 2), h2, alpha=-1)[:, :, 0]
         hnorm = row_norm(w)
         basis[:, j + 1] = ratio(w, hnorm[:, None].expand_as(w))[0]
-        col = torch.cat([h + h2, hnorm[:, None]], dim=1)
-        _rotate(col, cs, sn, j)
+        col = torch.cat([(h + h2)[:, :, 0], hnorm[:, None]], dim=1)  # Hessenberg column j
+        col = torch.bmm(rotations[:, : j + 2, : j + 2], col[:, :, None])[:, :, 0]
         diag = torch.hypot(col[:, j], col[:, j + 1])
-        cs[:, j], ok = ratio(col[:, j], diag)
-        sn[:, j] = ratio(col[:, j + 1], diag)[0]
-        rmat[:, : j + 1, j] = torch.cat([col[:, :j], diag[:, None]], dim=1)
-        g[:, j + 1] = -sn[:, j] * g[:, j]
-        g[:, j] = cs[:, j] * g[:, j]
+        c, ok = ratio(col[:, j], diag)
+        s = ratio(col[:, j + 1], diag)[0]
+        rmat[:, :j, j] = col[:, :j]
+        rmat[:, j, j] = diag
+        top, bottom = rotations[:, j, : j + 2].clone(), rotations[:, j + 1, : j + 2].clone()
+        rotations[:, j, : j + 2] = c[:, None] * top + s[:, None] * bottom
+        rotations[:, j + 1, : j + 2] = c[:, None] * bottom - s[:, None] * top
+        g[:, j + 1] = -s * g[:, j]
+        g[:, j] = c * g[:, j]
 
         step = active & ok
         broken |= active & ~ok
@@ -97,8 +101,8 @@ def _cycle(
     keep = torch.arange(steps, device=r.device) < used[:, None]
     rmat = rmat * keep[:, None, :] + torch.diag_embed((~keep).to(r.dtype))
     rhs = torch.where(keep, g[:, :steps], 0.0)
-    y = torch.linalg.solve_triangular(rmat, rhs[:, :, None], upper=True)[:, :, 0]
-    return torch.einsum("mj,mjk->mk", y, basis[:, :steps]), used, broken, calls
+    y = torch.linalg.solve_triangular(rmat, rhs[:, :, None], upper=True)
+    return torch.bmm(y.transpose(1, 2), basis[:, :steps])[:, 0], used, broken, calls
 
 
 def gmres(
