@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -91,6 +92,7 @@ from solvers.base import (
     check_stopping,
     warn_not_converged,
 )
+from solvers.qp import dual
 from solvers.qp.kkt import QPParams, as_params, kkt_mapping, kkt_structure
 
 SOLVED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, MAX_ITERATIONS = 0, 1, 2, 3
@@ -105,6 +107,7 @@ _STEP = 0.99  # fraction of the step to the boundary
 _REFINE = 2  # iterative-refinement steps after each regularised solve
 _ROUNDS = 3  # active-set rounds of polishing
 _STALL = 3  # checks without progress after which a polished-ready item is returned as is
+_COLD_ROUNDS = 12  # active-set rounds of the dual reduction's cold start
 
 
 class QPStatusWarning(ConvergenceWarning):
@@ -166,26 +169,34 @@ class NativeQP:
         n, p, m = P.sizes
         batch = P.batch_shape()
         self.batch_ndim = len(batch)
-        _check_Q(P.Q, self.check_psd)
         data = _Data.of(P, batch)
+        L, reducible = dual.cholesky_where_well_conditioned(data.Q)
+        _check_Q(P.Q, self.check_psd and not bool(reducible.all()))
         B, N = data.B, n + p + m
         like = {"dtype": P.q.dtype, "device": P.q.device}
         out = torch.full((B, N), math.nan, **like)
         best = torch.full((B,), math.inf, **like)
         status = torch.full((B,), MAX_ITERATIONS, dtype=torch.long, device=P.q.device)
-        todo = torch.arange(B, device=P.q.device)
-        if init is not None:
-            y0 = _check_init(init, batch, N, P.q)
-            z0, lam0 = y0[:, :n], y0[:, n + p:]
-            cand, res = _polish(data, lam0, data.h - _mv(data.G, z0), self.tol)
-            ok = res <= self.tol
-            out[ok], best[ok], status[ok] = cand[ok], res[ok], SOLVED
-            todo = (~ok).nonzero().flatten()
+        y0 = None if init is None else _check_init(init, batch, N, P.q)
+        reducible = reducible.expand(B)
         iterations = 0
-        if todo.numel():
-            iterations = _Hsde(self, data.take(todo), todo, out, best, status).solve()
+        self._reduction = None
+        if bool(reducible.any()):
+            iterations, rescue = self._solve_dual(data, L, reducible.nonzero().flatten(), y0,
+                                                  out, best, status)
+            primal = torch.cat([(~reducible).nonzero().flatten(), rescue])
+        else:
+            primal = torch.arange(B, device=P.q.device)
+        if primal.numel():
+            iterations = max(iterations,
+                             self._solve_primal(data, primal, y0, out, best, status))
         self.status = status.reshape(batch)
+        result = out.reshape(*batch, N)
         solved = status == SOLVED
+        if self._reduction is not None:
+            index, red = self._reduction
+            self._reduction = (result.data_ptr(), index, red) if bool(
+                (status[index] == SOLVED).sum() == solved.sum()) else None
         residual = float(best[solved].max()) if bool(solved.any()) else math.nan
         all_solved = bool(solved.all())
         self.info = SolveInfo(iterations, residual, self.tol,
@@ -200,6 +211,122 @@ class NativeQP:
                 "active constraints), badly scaled data, or tol below the dtype's precision.",
             )
         return out.reshape(*batch, N)
+
+    def _solve_primal(self, data: _Data, index: Tensor, y0: Tensor | None, out: Tensor,
+                      best: Tensor, status: Tensor) -> int:
+        """The HSDE on the primal of the items ``index`` (any PSD ``Q``); returns iterations."""
+        d = data.take(index)
+        n, p = d.q.shape[-1], d.b.shape[-1]
+        todo = torch.arange(d.B, device=d.q.device)
+        if y0 is not None:
+            z0, lam0 = y0[index, :n], y0[index, n + p:]
+            cand, res = _polish(d, lam0, d.h - _mv(d.G, z0), self.tol)
+            ok = res <= self.tol
+            out[index[ok]], best[index[ok]], status[index[ok]] = cand[ok], res[ok], SOLVED
+            todo = (~ok).nonzero().flatten()
+        if not todo.numel():
+            return 0
+        sub_out = torch.full((d.B, out.shape[-1]), math.nan, **_like(out))
+        sub_best = torch.full((d.B,), math.inf, **_like(out))
+        sub_status = torch.full((d.B,), MAX_ITERATIONS, dtype=torch.long, device=out.device)
+        iterations = _Hsde(self, d.take(todo), todo, sub_out, sub_best, sub_status).solve()
+        where = index[todo]
+        out[where], best[where], status[where] = sub_out[todo], sub_best[todo], sub_status[todo]
+        return iterations
+
+    def _solve_dual(self, data: _Data, L: Tensor, index: Tensor, y0: Tensor | None,
+                    out: Tensor, best: Tensor, status: Tensor) -> tuple[int, Tensor]:
+        """The items ``index`` (``Q ≻ 0``, factor ``L``) through the dual reduction of
+        :mod:`solvers.qp.dual`: the HSDE and the polishing run on the ``p + m`` dual unknowns,
+        then ``z = −Q⁻¹(q + Cᵀy)``. Returns the iterations and the items to solve again on
+        the primal (the lifted residual lost more than 10× over the dual's, a sign of
+        round-off in ``Q⁻¹``)."""
+        d = data.take(index)
+        n, p, m = d.q.shape[-1], d.b.shape[-1], d.h.shape[-1]
+        k = d.B
+        red = dual.reduce(L if L.shape[0] == 1 else L[index], d.q, d.A, d.b, d.G, d.h)
+        like = _like(d.q)
+        if p + m == 0:  # unconstrained: z = −Q⁻¹q
+            y = dual.lift(red, torch.zeros(k, 0, **like))
+            res = _residual(d, y)
+            out[index], best[index], status[index] = y, res, SOLVED
+            return 0, index[:0]
+        dd = _Data(*red.standard_form(), k)
+        r = p + m
+        out_d = torch.full((k, r + m), math.nan, **like)
+        best_d = torch.full((k,), math.inf, **like)
+        status_d = torch.full((k,), MAX_ITERATIONS, dtype=torch.long, device=d.q.device)
+
+        def polisher(sub: _Data, lam: Tensor, s: Tensor, tol: float) -> tuple[Tensor, Tensor]:
+            # the dual's multiplier is the primal slack and its slack the primal λ
+            return _dual_active_set(sub, p, s, lam, tol, _ROUNDS)[:2]
+
+        if y0 is None:  # y = 0: λ = 0 and the slack of the unconstrained minimiser, c_G
+            lam0, slack0 = torch.zeros(k, m, **like), red.c[:, p:].expand(k, m)
+        else:
+            lam0, slack0 = y0[index, n + p:], d.h - _mv(d.G, y0[index, :n])
+        rounds = _COLD_ROUNDS if y0 is None else _ROUNDS
+        cand, res, done = _dual_active_set(dd, p, lam0, slack0, self.tol,
+                                           min(rounds, self.maxiter))
+        ok = res <= self.tol
+        out_d[ok], best_d[ok], status_d[ok] = cand[ok], res[ok], SOLVED
+        todo = (~ok).nonzero().flatten()
+        iterations = done if y0 is None else 0  # warm-start polishing is not counted
+        if todo.numel():
+            iterations += _Hsde(self, dd.take(todo), todo, out_d, best_d, status_d,
+                                polisher, self.maxiter - iterations).solve()
+        y = dual.lift(red, out_d)
+        res = _residual(d, y)
+        solved = status_d == SOLVED
+        lost = solved & (res > torch.clamp(10 * best_d, min=self.tol))
+        keep = solved & ~lost
+        # an unbounded dual is an infeasible primal; the dual is always feasible
+        code = torch.where(status_d == DUAL_INFEASIBLE, PRIMAL_INFEASIBLE,
+                           torch.where(status_d == PRIMAL_INFEASIBLE, MAX_ITERATIONS, status_d))
+        out[index] = torch.where(keep[:, None], y, torch.full_like(y, math.nan))
+        best[index] = torch.where(keep, res, torch.full_like(res, math.inf))
+        status[index] = code
+        self._reduction = (index, red)
+        return iterations, index[lost]
+
+    def solve_adjoint(self, y: Tensor, theta: QPParams | tuple[Tensor, ...], v: Tensor
+                      ) -> Tensor | None:
+        """Hint for the engine: ``u`` solving ``∂yH(θ, y)ᵀ u = −v`` in closed form, for the
+        ``y`` the last :meth:`run` returned (:func:`solvers.qp.dual.adjoint_solve`: the
+        Cholesky factor of ``Q`` and ``S = C Q⁻¹ Cᵀ`` of the dual reduction are reused, so no
+        ``(n+p+m)²`` matrix is formed). Items not solved (NaN) have identity rows: ``u = −v``.
+
+        Args:
+            y: the solution returned by the last ``run`` (same storage).
+            theta: the ``θ`` of that run.
+            v: shaped like ``y``.
+
+        Returns:
+            ``u`` shaped like ``y``, or ``None`` when the hint does not apply (another ``y``,
+            items solved on the primal path because ``Q`` was singular or badly conditioned,
+            or dependent active constraints, where ``∂yH`` is singular): the caller then
+            differentiates ``H`` itself.
+        """
+        cache = getattr(self, "_reduction", None)
+        if cache is None or len(cache) != 3 or cache[0] != y.data_ptr():
+            return None
+        _, index, red = cache
+        P = QPParams(*(t.detach() for t in theta))
+        N = y.shape[-1]
+        y_flat, v_flat = y.detach().reshape(-1, N), v.reshape(-1, N)
+        u = -v_flat.clone()
+        solved = self.status.reshape(-1)[index] == SOLVED
+        items = index[solved]
+        if items.numel():
+            inactive = kkt_structure(y_flat[items], _Data.of(P, P.batch_shape()).take(items)
+                                     .params()).inactive
+            n, p = P.sizes[0], P.sizes[1]
+            sub = dual.DualQP(*(t if t.shape[0] == 1 else t[solved] for t in red[:5]), red.p)
+            u_items = dual.adjoint_solve(sub, inactive[:, n + p:], v_flat[items])
+            if not bool(torch.isfinite(u_items).all()):
+                return None
+            u[items] = u_items
+        return u.reshape(y.shape)
 
     def optimality(self, y: Tensor, theta: QPParams | tuple[Tensor, ...]) -> Tensor:
         """``H(θ, y)`` = :func:`~solvers.qp.kkt.kkt_mapping` (``H(θ, y*) = 0``).
@@ -488,6 +615,35 @@ def _polish(data: _Data, lam: Tensor, s: Tensor, tol: float, rounds: int = _ROUN
     return best, best_res
 
 
+def _dual_active_set(data: _Data, p: int, lam: Tensor, slack: Tensor, tol: float,
+                     rounds: int) -> tuple[Tensor, Tensor, int]:
+    """Primal-dual active-set rounds (:func:`solvers.qp.dual.active_set_step`) on the dual QP
+    ``data`` (``Q = S``, ``q = c``) from the guess ``λ_i > slack_i``; an item leaves once its
+    residual ``‖H‖∞`` is ``≤ tol``. Returns the best dual point of each item and its residual
+    (inf where none was finite)."""
+    k, r = data.B, data.q.shape[-1] + lam.shape[-1]
+    best = torch.full((k, r), math.nan, **_like(data.q))
+    best_res = torch.full((k,), math.inf, **_like(data.q))
+    todo = torch.arange(k, device=data.q.device)
+    sub = data
+    done = 0
+    for done in range(1, rounds + 1):
+        cand, lam, slack = dual.active_set_step(sub.Q, sub.q, p, lam, slack)
+        res = _residual(sub, cand)
+        better = res < best_res[todo]
+        best[todo[better]], best_res[todo[better]] = cand[better], res[better]
+        left = res > tol
+        if not bool(left.any()):
+            break
+        if not bool(left.all()):
+            keep = left.nonzero().flatten()
+            todo, lam, slack, sub = todo[keep], lam[keep], slack[keep], sub.take(keep)
+    return best, best_res, done
+
+
+Polisher = Callable[[_Data, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+
+
 # -- the interior-point method ---------------------------------------------------------------
 
 
@@ -496,8 +652,11 @@ class _Hsde:
     ``out``, ``best`` (their residual) and ``status``."""
 
     def __init__(self, solver: NativeQP, data: _Data, index: Tensor, out: Tensor,
-                 best: Tensor, status: Tensor):
+                 best: Tensor, status: Tensor, polisher: Polisher | None = None,
+                 maxiter: int | None = None):
         self.solver, self.data, self.index = solver, data, index
+        self.maxiter = solver.maxiter if maxiter is None else maxiter
+        self.polisher = _polish if polisher is None else polisher
         self.out, self.best, self.status = out, best, status
         q = data.q
         self.n, self.p, self.m = q.shape[-1], data.b.shape[-1], data.h.shape[-1]
@@ -538,8 +697,8 @@ class _Hsde:
     def solve(self) -> int:
         iterations = 0
         while True:
-            self._check(final=iterations == self.solver.maxiter)
-            if self.index.numel() == 0 or iterations == self.solver.maxiter:
+            self._check(final=iterations == self.maxiter)
+            if self.index.numel() == 0 or iterations == self.maxiter:
                 return iterations
             self._step()
             iterations += 1
@@ -585,7 +744,7 @@ class _Hsde:
         if bool(ready.any()):
             sub = ready.nonzero().flatten()
             y_raw = y[sub]
-            cand, r_cand = _polish(d.take(sub), lam_[sub], s_[sub], self.solver.tol)
+            cand, r_cand = self.polisher(d.take(sub), lam_[sub], s_[sub], self.solver.tol)
             r_raw = _residual(d.take(sub), y_raw)
             better = r_cand < r_raw
             y[sub] = torch.where(better[:, None], cand, y_raw)
