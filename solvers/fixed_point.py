@@ -163,7 +163,7 @@ class FixedPoint:
             self.info = SolveInfo(0, 0.0, self.tol, True)
             return y0.clone()
 
-        def T(y: Tensor, iteration: int) -> Tensor:  # flat (nb, n) in and out
+        def T(y: Tensor) -> Tensor:  # flat (nb, n) in and out
             f = self.T(y.reshape(shape), theta)
             if not isinstance(f, Tensor) or f.shape != shape:
                 got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
@@ -172,35 +172,31 @@ class FixedPoint:
             if f.dtype != y.dtype:
                 raise ValueError(f"T(y, theta) returned {f.dtype} for y of {y.dtype}: build T's "
                                  "parameters in the dtype of init")
-            f = f.reshape(nb, -1)
-            if not torch.isfinite(f).all():
-                self._diverged(iteration, "T(y, θ) is non-finite", math.inf)
-            return f
+            return f.reshape(nb, -1)
 
         y = y0.reshape(nb, -1).clone()
-        f = T(y, 0)
+        f = T(y)
+        if not torch.isfinite(f).all():
+            self._diverged(0, "T(y, θ) is non-finite", math.inf)
         g = y - f
         res0 = _abs_residual(g)
+        # One test per iteration covers both failures: ‖y − T(y)‖∞ is NaN or inf as soon as
+        # y or T(y) is non-finite, and it must stay below max(_GROWTH · its initial value, 1).
+        limit = torch.clamp(_GROWTH * res0, min=1.0)
         rel = res0 / (1 + _abs_residual(y))
         active = rel > self.tol
-        state = _State(self.method, self.memory)
+        state = _State(self.method, self.memory, y, self.regularization)
         iterations = 0
-        while bool(active.any()) and iterations < self.maxiter:
+        while iterations < self.maxiter and bool(active.any()):
             iterations += 1
             step = self._step(state, y, f, g)
             y_new = torch.where(active[:, None], step, y)
-            if not torch.isfinite(y_new).all():
-                self._diverged(iterations, "the iterate is non-finite", math.inf)
-            f_new = T(y_new, iterations)
+            f_new = T(y_new)
             g_new = y_new - f_new
             res = _abs_residual(g_new)
-            blown = (res > _GROWTH * res0) & (res > 1)
-            if bool(blown.any()):
-                i = int(torch.argmax(torch.where(blown, res, torch.zeros_like(res))))
-                item = f" (batch item {i})" if nb > 1 else ""
-                self._diverged(iterations, f"‖y − T(y)‖∞ = {float(res[i]):.3e}{item} grew from "
-                               f"{float(res0[i]):.3e}", float(res[i]))
-            state.update(active, y, f, g, y_new, g_new)
+            if not bool((res <= limit).all()):
+                self._explain_divergence(iterations, y_new, f_new, res, res0, limit)
+            state.update(active, y, f, g, y_new, f_new, g_new)
             y, f, g = y_new, f_new, g_new
             rel = res / (1 + _abs_residual(y))
             active = active & (rel > self.tol)
@@ -214,22 +210,21 @@ class FixedPoint:
         if self.method == "km":
             return (1 - self.damping) * y + self.damping * f
         if self.method == "anderson":
-            return self._anderson_step(state, f, g)
+            return state.anderson_step(f, g)
         return y - state.broyden_apply(g)
 
-    def _anderson_step(self, state: _State, f: Tensor, g: Tensor) -> Tensor:
-        if not state.fs:
-            return f
-        dg = torch.stack([*state.gs, g], dim=2).diff(dim=2)  # (nb, n, m) differences
-        df = torch.stack([*state.fs, f], dim=2).diff(dim=2)
-        gram = dg.transpose(1, 2) @ dg  # (nb, m, m)
-        rhs = (dg.transpose(1, 2) @ g[:, :, None])  # (nb, m, 1)
-        finfo = torch.finfo(g.dtype)
-        reg = max(self.regularization, 10 * finfo.eps)
-        lam = reg * gram.diagonal(dim1=1, dim2=2).sum(-1) + finfo.tiny
-        eye = torch.eye(gram.shape[-1], dtype=g.dtype, device=g.device)
-        gamma = torch.linalg.solve(gram + lam[:, None, None] * eye, rhs)
-        return f - (df @ gamma)[:, :, 0]
+    def _explain_divergence(self, iteration: int, y: Tensor, f: Tensor, res: Tensor,
+                            res0: Tensor, limit: Tensor) -> NoReturn:
+        """Raise the DivergenceError that names what failed at ``iteration``."""
+        if not torch.isfinite(y).all():
+            self._diverged(iteration, "the iterate is non-finite", math.inf)
+        if not torch.isfinite(f).all():
+            self._diverged(iteration, "T(y, θ) is non-finite", math.inf)
+        blown = ~(res <= limit)
+        i = int(torch.argmax(torch.where(blown, res, torch.zeros_like(res))))
+        item = f" (batch item {i})" if res.numel() > 1 else ""
+        self._diverged(iteration, f"‖y − T(y)‖∞ = {float(res[i]):.3e}{item} grew from "
+                       f"{float(res0[i]):.3e}", float(res[i]))
 
     def _diverged(self, iteration: int, what: str, residual: float) -> NoReturn:
         self.info = SolveInfo(iteration, residual, self.tol, False)
@@ -256,28 +251,52 @@ class FixedPoint:
 
 
 class _State:
-    """Per-method memory: Anderson's last differences, Broyden's rank-one updates."""
+    """Per-method memory: Anderson's last differences, Broyden's rank-one updates.
 
-    def __init__(self, method: str, memory: int):
+    Anderson keeps ``ΔF = [f_{i+1} − f_i]`` and ``ΔG = [g_{i+1} − g_i]`` of the last ``memory``
+    steps in two preallocated ring buffers ``(nb, memory, n)`` (the oldest slot is
+    overwritten), so a step costs a fixed number of batched operations and no re-stacking.
+    """
+
+    def __init__(self, method: str, memory: int, y: Tensor, regularization: float):
         self.method = method
         self.memory = memory
-        self.fs: list[Tensor] = []  # Anderson: T(y) and g(y) of the last `memory` iterates
-        self.gs: list[Tensor] = []
+        self.regularization = regularization
+        self.filled = 0  # Anderson: slots of the ring buffers holding a difference
+        if method == "anderson":
+            nb, n = y.shape
+            self.df = y.new_zeros(nb, memory, n)
+            self.dg = y.new_zeros(nb, memory, n)
         self.u: Tensor | None = None  # Broyden: H = I + Σ_j u_j v_jᵀ, shapes (nb, memory, n)
         self.v: Tensor | None = None
         self.slot = 0
 
     def update(self, active: Tensor, y: Tensor, f: Tensor, g: Tensor, y_new: Tensor,
-               g_new: Tensor) -> None:
-        """Record the step ``y → y_new`` (``f = T(y)``, ``g = y − f``, ``g_new = g(y_new)``)."""
+               f_new: Tensor, g_new: Tensor) -> None:
+        """Record the step ``y → y_new`` (``f = T(y)``, ``g = y − f``, and the same at
+        ``y_new``)."""
         if self.method == "anderson":
-            self.fs.append(f)
-            self.gs.append(g)
-            if len(self.fs) > self.memory:
-                self.fs.pop(0)
-                self.gs.pop(0)
+            torch.sub(f_new, f, out=self.df[:, self.slot])
+            torch.sub(g_new, g, out=self.dg[:, self.slot])
+            self.filled = min(self.filled + 1, self.memory)
+            self.slot = (self.slot + 1) % self.memory
         elif self.method == "broyden":
             self._broyden_update(active, y_new - y, g_new - g, g, g_new)
+
+    def anderson_step(self, f: Tensor, g: Tensor) -> Tensor:
+        """``f − ΔF γ`` with ``γ = argmin ‖g − ΔG γ‖² + λ‖γ‖²`` (one batched solve of the
+        ``filled × filled`` normal equations); ``f`` itself before the first step."""
+        if not self.filled:
+            return f
+        dg, df = self.dg[:, : self.filled], self.df[:, : self.filled]  # (nb, m, n) views
+        gram = torch.bmm(dg, dg.transpose(1, 2))  # (nb, m, m)
+        rhs = torch.bmm(dg, g[:, :, None])  # (nb, m, 1)
+        finfo = torch.finfo(g.dtype)
+        diagonal = gram.diagonal(dim1=1, dim2=2)
+        lam = max(self.regularization, 10 * finfo.eps) * diagonal.sum(-1) + finfo.tiny
+        diagonal.add_(lam[:, None])
+        gamma = torch.linalg.solve(gram, rhs)  # (nb, m, 1)
+        return torch.baddbmm(f[:, None, :], gamma.transpose(1, 2), df, alpha=-1)[:, 0]
 
     def broyden_apply(self, x: Tensor, transpose: bool = False) -> Tensor:
         """``H x`` (or ``Hᵀ x``) for every problem of the batch; ``x`` is ``(nb, n)``."""
