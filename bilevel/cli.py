@@ -6,7 +6,15 @@ runs :func:`bilevel.outer.run_outer`, and writes into the Hydra run directory:
 
 - ``metrics.csv``: one row per outer step;
 - ``result.json``: task, outer, outer_value, test_metric(_name), baseline(_metric),
-  hyperparameters, wall_time_s, n_outer_steps, status, message.
+  hyperparameters (all of the best iterate), wall_time_s, n_outer_steps, status, message
+  (and the traceback when a step raised);
+- ``checkpoint.pt`` (and ``checkpoint.pt.prev``): the outer state every ``checkpoint_every``
+  steps; ``bilevel hydra.run.dir=D resume=true`` continues a killed run started with
+  ``hydra.run.dir=D`` and ends where the uninterrupted run would.
+
+Exit status: 0 (max_steps, converged), 2 (diverged: NaN/Inf in θ or a loss, message naming the
+step), 3 (a step raised), 130 (interrupted by Ctrl-C or SIGTERM); the files are written in
+every case.
 
 This module is the composition root: it is the one module of ``bilevel`` that imports
 ``tasks``, and nothing imports it (``import bilevel`` stays free of Hydra).
@@ -17,7 +25,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +36,55 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from bilevel.outer import run_outer
+from bilevel.outer.base import OuterResult, run_outer
+
+CHECKPOINT = "checkpoint.pt"  # in the run directory
+EXIT_CODES = {"diverged": 2, "failed": 3, "interrupted": 130}  # 0 for max_steps / converged
+# The configuration that decides a trajectory: a checkpoint only resumes the run that wrote it
+# (``steps`` may grow, ``resume`` / ``checkpoint_every`` may change).
+TRAJECTORY_KEYS = ("task", "outer", "seed", "dtype", "device", "gtol")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one configured job and write its files into ``out_dir``; returns the result."""
+    """Run one configured job and write its files into ``out_dir``; returns the result.
+
+    Every ``cfg.checkpoint_every`` steps the outer state is saved to ``out_dir/checkpoint.pt``;
+    with ``cfg.resume`` the run continues from there (a killed run resumes bit-identically).
+    ``metrics.csv`` and ``result.json`` (with the best iterate) are written whatever the
+    status: max_steps, converged, diverged, failed or interrupted.
+    """
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     task = instantiate(cfg.task, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device)
     method = instantiate(cfg.outer)
-    result = run_outer(method, task.problem, cfg.steps, gtol=cfg.gtol)
+    result = run_outer(
+        method, task.problem, cfg.steps, gtol=cfg.gtol,
+        checkpoint=out_dir / CHECKPOINT, checkpoint_every=cfg.checkpoint_every,
+        resume=cfg.resume, checkpoint_tag=trajectory_tag(cfg),
+    )
     wall = time.perf_counter() - start
+    _write_csv(out_dir / "metrics.csv", result.history)
+    summary = summarize(cfg, task, method.name, result, wall)
+    _write_json(out_dir / "result.json", summary)
+    return summary
+
+
+def trajectory_tag(cfg: DictConfig) -> str:
+    """The part of the configuration a resumed run must share with the one that wrote the
+    checkpoint, as YAML."""
+    return OmegaConf.to_yaml({k: cfg[k] for k in TRAJECTORY_KEYS}, resolve=True)
+
+
+def summarize(cfg: DictConfig, task: Any, method_name: str, result: OuterResult,
+              wall: float) -> dict[str, Any]:
+    """The ``result.json`` record: the best iterate's metrics beside the task's baseline."""
     baseline_metric, baseline_hyper = task.baseline()
-    summary = {
+    return {
         "task": task.name,
-        "outer": method.name,
-        "outer_value": min((r["outer_value"] for r in result.history), default=float("nan")),
+        "outer": method_name,
+        "outer_value": result.best_value,
         "test_metric": task.test_metric(result.theta, result.y),
         "test_metric_name": task.test_metric_name,
         "baseline": task.baseline_name,
@@ -54,10 +96,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "status": result.status,
         "message": result.message,
         "seed": cfg.seed,
+        **({"traceback": "".join(traceback.format_exception(result.error))}
+           if result.status == "failed" and result.error is not None else {}),
     }
-    _write_csv(out_dir / "metrics.csv", result.history)
-    _write_json(out_dir / "result.json", summary)
-    return summary
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -91,10 +132,22 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://bilevel.conf", config_name="config")
 def app(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    # SIGTERM (a scheduler's kill) ends the loop like Ctrl-C: the files are still written.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     summary = run(cfg, out_dir)
     _print_summary(summary, out_dir)
-    if summary["status"] == "diverged":
-        raise SystemExit(f"run diverged: {summary['message']}")
+    status = summary["status"]
+    if status in EXIT_CODES:
+        if "traceback" in summary:
+            print(summary["traceback"], file=sys.stderr, end="")
+        hint = " Resume with resume=true and the same hydra.run.dir." \
+            if status == "interrupted" else ""
+        print(f"run {status}: {summary['message']}{hint}", file=sys.stderr)
+        raise SystemExit(EXIT_CODES[status])
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -45,3 +47,64 @@ def test_misspelled_key_is_an_error_naming_it(tmp_path):
 def test_import_bilevel_does_not_import_hydra():
     code = "import sys, bilevel; assert 'hydra' not in sys.modules, 'hydra imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def read_rows(path):
+    return list(csv.DictReader(path.open()))
+
+
+def theta_columns(rows):
+    return [[r[k] for k in r if k.startswith("theta_")] for r in rows]
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    args = ("steps=24", "gtol=0", "checkpoint_every=3", "outer.lr=0.2")
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full_dir.mkdir(), cut_dir.mkdir()
+    assert run_app(full_dir, *args).returncode == 0
+
+    cmd = [sys.executable, "-m", "bilevel", f"hydra.run.dir={cut_dir}", *args]
+    proc = subprocess.Popen(cmd, cwd=cut_dir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (cut_dir / "checkpoint.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    assert not (cut_dir / "result.json").exists()
+
+    resumed = run_app(cut_dir, *args, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    full = json.loads((full_dir / "result.json").read_text())
+    got = json.loads((cut_dir / "result.json").read_text())
+    for key in ("outer_value", "test_metric", "hyperparameters", "n_outer_steps", "status"):
+        assert got[key] == full[key], key
+    full_rows, got_rows = read_rows(full_dir / "metrics.csv"), read_rows(cut_dir / "metrics.csv")
+    assert theta_columns(got_rows) == theta_columns(full_rows)  # the same trajectory, digit by digit
+    assert [r["outer_value"] for r in got_rows] == [r["outer_value"] for r in full_rows]
+
+
+@pytest.mark.slow
+def test_resume_with_another_configuration_is_refused(tmp_path):
+    assert run_app(tmp_path, "steps=2", "outer.lr=0.2").returncode == 0
+    proc = run_app(tmp_path, "steps=4", "outer.lr=0.3", "resume=true")
+    assert proc.returncode != 0
+    assert "different run configuration" in proc.stderr
+
+
+def test_divergence_exits_nonzero_naming_the_step_and_writes_the_best_iterate(tmp_path):
+    # unbounded log-weights and a huge step: e^θ overflows after the first step
+    proc = run_app(tmp_path, "task=logreg_l2", "task.dataset=breast_cancer", "task.bounds=null",
+                   "outer.optimizer=sgd", "outer.lr=1e6", "steps=20")
+    assert proc.returncode == 2, proc.stderr
+    assert "diverged at step 1" in proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "diverged" and "step 1" in result["message"]
+    rows = read_rows(tmp_path / "metrics.csv")
+    assert len(rows) == 1
+    assert result["outer_value"] == pytest.approx(float(rows[0]["outer_value"]))
+    # the best iterate is θ₀ = log(1e-3) for every feature, and its test metric is finite
+    assert all(v == pytest.approx(1e-3) for v in result["hyperparameters"].values())
+    assert result["test_metric"] < 1.0
