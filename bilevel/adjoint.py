@@ -14,9 +14,11 @@ for any mapping with unit rows, not only the Lasso.
 
 **Linear solvers.** ``"lu"``, ``"cholesky"``, ``"lstsq"`` materialise ``B_SS`` (one batched VJP
 per active coordinate) and check its conditioning; ``"cg"``, ``"minres"``, ``"gmres"``,
-``"bicgstab"``, ``"neumann"`` are matrix-free. ``"auto"`` takes LU when the active set is small
-(``≤ dense_max`` coordinates) — exact, with a singularity check — else CG when the solver says
-``B_SS`` is symmetric, else GMRES.
+``"bicgstab"``, ``"neumann"`` are matrix-free. ``"auto"`` takes preconditioned CG when the
+solver offers a preconditioner ``P ≈ B⁻¹`` of a symmetric ``B`` (``Structure.preconditioner``,
+e.g. the factor of the last Newton Hessian: one or two products with ``B`` then replace the ``k``
+needed to build it); else LU when the active set is small (``≤ dense_max`` coordinates) — exact,
+with a singularity check — else CG when the solver says ``B_SS`` is symmetric, else GMRES.
 
 **Singularity.** Dense solvers compute the reciprocal condition number of ``B_SS`` and raise
 :class:`~bilevel.errors.SingularJacobianError` below ``rcond_min``. Matrix-free solvers can only
@@ -36,6 +38,7 @@ from torch import Tensor
 
 from bilevel.errors import AdjointFallbackWarning, SingularJacobianError
 from bilevel.linalg import ITERATIVE, LinearSolveInfo, dense_solve, reciprocal_condition
+from bilevel.linalg.base import MatVec
 from bilevel.linearization import Linearization
 from solvers.base import SolveInfo
 
@@ -114,21 +117,24 @@ class ImplicitAdjoint:
     # -- the two modes -------------------------------------------------------------------------
 
     def reverse(self, lin: Linearization, v: Tensor, inactive: Tensor | None,
-                symmetric: bool) -> Tensor:
-        """Return ``u`` (``(m, k)``) solving ``Bᵀu = −v`` (``v`` in the ``(m, k)`` layout)."""
+                symmetric: bool, preconditioner: MatVec | None = None) -> Tensor:
+        """Return ``u`` (``(m, k)``) solving ``Bᵀu = −v`` (``v`` in the ``(m, k)`` layout);
+        ``preconditioner`` ``≈ B⁻¹`` is the solver's hint (``Structure.preconditioner``)."""
         active = self._active(lin, inactive)
         rhs = -v if active is None else torch.where(active, -v, torch.zeros_like(v))
-        u = self._solve(lin, rhs, active, symmetric, transpose=True)
+        u = self._solve(lin, rhs, active, symmetric, transpose=True,
+                        preconditioner=preconditioner)
         if active is not None:
             u = u + torch.where(active, torch.zeros_like(v), -v - lin.rmatvec_y(u))
         return u
 
     def forward(self, lin: Linearization, r: Tensor, inactive: Tensor | None,
-                symmetric: bool) -> Tensor:
+                symmetric: bool, preconditioner: MatVec | None = None) -> Tensor:
         """Return ``ẏ`` (``(m, k)``) solving ``B ẏ = r``."""
         active = self._active(lin, inactive)
         if active is None:
-            return self._solve(lin, r, None, symmetric, transpose=False)
+            return self._solve(lin, r, None, symmetric, transpose=False,
+                               preconditioner=preconditioner)
         r_inactive = torch.where(active, torch.zeros_like(r), r)
         rhs = torch.where(active, r - lin.matvec(r_inactive), torch.zeros_like(r))
         return self._solve(lin, rhs, active, symmetric, transpose=False) + r_inactive
@@ -144,17 +150,20 @@ class ImplicitAdjoint:
         self.report.restricted_size = int(active.sum())
         return active
 
-    def _resolve(self, lin: Linearization, active: Tensor | None, symmetric: bool) -> str:
+    def _resolve(self, lin: Linearization, active: Tensor | None, symmetric: bool,
+                 preconditioned: bool) -> str:
         if self.linear_solver != "auto":
             return self.linear_solver
+        if preconditioned and symmetric and active is None and self.ridge == 0:
+            return "cg"  # a good preconditioner: one or two products beat building B
         n_columns = lin.k if active is None else int(active.any(0).sum())
         if n_columns <= self.dense_max:
             return "lu"
         return "cg" if symmetric else "gmres"
 
     def _solve(self, lin: Linearization, rhs: Tensor, active: Tensor | None, symmetric: bool,
-               transpose: bool) -> Tensor:
-        method = self._resolve(lin, active, symmetric)
+               transpose: bool, preconditioner: MatVec | None = None) -> Tensor:
+        method = self._resolve(lin, active, symmetric, preconditioner is not None)
         self.report.linear_solver = method
         if self.ridge > 0:
             warnings.warn(
@@ -164,11 +173,13 @@ class ImplicitAdjoint:
                 stacklevel=4,
             )
         if method in ITERATIVE:
-            return self._solve_iterative(method, lin, rhs, active, transpose)
+            use = preconditioner if method == "cg" and symmetric and active is None else None
+            return self._solve_iterative(method, lin, rhs, active, transpose, use)
         return self._solve_dense(method, lin, rhs, active, transpose)
 
     def _solve_iterative(self, method: str, lin: Linearization, rhs: Tensor,
-                         active: Tensor | None, transpose: bool) -> Tensor:
+                         active: Tensor | None, transpose: bool,
+                         preconditioner: MatVec | None = None) -> Tensor:
         product: Callable[[Tensor], Tensor] = lin.rmatvec_y if transpose else lin.matvec
 
         def operator(x: Tensor) -> Tensor:
@@ -179,7 +190,9 @@ class ImplicitAdjoint:
             return torch.where(active, out, torch.zeros_like(out))
 
         tol = self._tol(rhs)
-        kwargs = {} if self.maxiter is None else {"maxiter": self.maxiter}
+        kwargs: dict = {} if self.maxiter is None else {"maxiter": self.maxiter}
+        if preconditioner is not None:
+            kwargs["preconditioner"] = preconditioner
         x, info = ITERATIVE[method](operator, rhs, tol=tol, **kwargs)
         self.report.linear = info
         self.report.rcond = None

@@ -132,7 +132,8 @@ class _ImplicitProblem:
         lin = self.linearize()
         symmetric = self.structure.symmetric
         if self.index is None:
-            u = self.adjoint.reverse(lin, lin.flat(grad_y), self.structure.inactive, symmetric)
+            u = self.adjoint.reverse(lin, lin.flat(grad_y), self.structure.inactive, symmetric,
+                                     self.structure.preconditioner)
             return lin.rmatvec_theta(u)
         if self.index.numel() == 0:  # y* locally constant
             return tuple(torch.zeros_like(t) for t in self.thetas)
@@ -145,7 +146,8 @@ class _ImplicitProblem:
         symmetric = self.structure.symmetric
         if self.index is None:
             r = -lin.matvec(None, theta_dots)
-            return lin.unflat(self.adjoint.forward(lin, r, self.structure.inactive, symmetric))
+            return lin.unflat(self.adjoint.forward(lin, r, self.structure.inactive, symmetric,
+                                                   self.structure.preconditioner))
         y_dot = torch.zeros_like(self.y).flatten()
         if self.index.numel():
             r = -lin.matvec(None, theta_dots)

@@ -20,6 +20,7 @@ This module is the ground floor: it imports torch only.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,11 +71,17 @@ class Structure:
         kink_distance: non-negative tensor broadcastable to ``y``: distance of the point where
             the nonsmooth piece is evaluated to its kink set. ``None``: smooth mapping.
         symmetric: ``∂yH`` restricted to the active coordinates is symmetric.
+        preconditioner: optional ``r ↦ P r`` with ``P ≈ (∂yH)⁻¹``, on ``(m, k)`` tensors (one
+            row per batch problem, ``k`` coordinates each), symmetric positive definite when
+            ``symmetric`` — e.g. the factor of the last Newton step's Hessian. With it the
+            engine's ``"auto"`` adjoint runs preconditioned CG, which then needs one or two
+            products with ``∂yH`` instead of materialising it.
     """
 
     inactive: Tensor | None = None
     kink_distance: Tensor | None = None
     symmetric: bool = False
+    preconditioner: Callable[[Tensor], Tensor] | None = None
 
 
 @runtime_checkable

@@ -122,21 +122,23 @@ class NonnegL1(L1):
 def _solve_on_support(G: Tensor, b: Tensor, w: Tensor, sign: Tensor, l1: Tensor | float,
                       l2: Tensor | float) -> Tensor:
     """Stationarity on ``S = {sign ≠ 0}`` with the signs fixed:
-    ``(G_SS + diag(λ₂)) w_S = b_S − λ₁ sign_S``; returns ``w`` with ``w_S`` replaced, or ``w``
-    itself when ``G_SS`` is singular (e.g. duplicated features in the support)."""
-    S = sign != 0
-    out = torch.zeros_like(w)
-    if not bool(S.any()):
-        return out
+    ``(G_SS + diag(λ₂)) w_S = b_S − λ₁ sign_S`` by Cholesky (``G`` is a Gram matrix, so the
+    system is positive semidefinite); returns ``w`` with ``w_S`` replaced, or ``w`` itself when
+    it is not numerically positive definite (e.g. duplicated features in the support)."""
+    S = sign.nonzero()[:, 0]
+    if S.numel() == 0:
+        return torch.zeros_like(w)
+    G_SS = G.index_select(0, S).index_select(1, S)
+    if isinstance(l2, Tensor) or l2 != 0.0:
+        G_SS.diagonal().add_(_take(l2, S) if isinstance(l2, Tensor) else l2)
     l1_S = _take(l1, S) if isinstance(l1, Tensor) else l1
-    l2_S = _take(l2, S) if isinstance(l2, Tensor) else l2
-    ridge = torch.as_tensor(l2_S, dtype=G.dtype, device=G.device)
-    G_SS = G[S][:, S] + torch.diag(torch.broadcast_to(ridge, (int(S.sum()),)))
-    solution, info = torch.linalg.solve_ex(G_SS, b[S] - l1_S * sign[S])
-    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+    factor, info = torch.linalg.cholesky_ex(G_SS)
+    if int(info) != 0:
         return w
-    out[S] = solution
-    return out
+    solution = torch.cholesky_solve((b[S] - l1_S * sign[S])[:, None], factor)[:, 0]
+    if not bool(torch.isfinite(solution).all()):
+        return w
+    return torch.zeros_like(w).index_put_((S,), solution)
 
 
 PENALTIES = {"l1": L1, "elastic_net": ElasticNet, "nonneg_l1": NonnegL1}

@@ -114,6 +114,7 @@ class Smooth:
         self.batch_ndim = batch_ndim
         self.dense_max = dense_max
         self.info: SolveInfo | None = None
+        self._last: tuple[Tensor | None, Tensor | None] = (None, None)
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class Smooth:
             )
         run = _Run(self, _detach(theta), init.detach().clone())
         y, iterations = run.newton() if self.method == "newton" else run.lbfgs()
+        self._last = (y.detach(), run.factor)
         residual = run.residual
         self.info = SolveInfo(iterations, residual, self.tol, residual <= self.tol)
         if not self.info.converged:
@@ -148,8 +150,17 @@ class Smooth:
         return torch.func.grad(lambda yy: self.objective(yy, theta).sum())(y)
 
     def structure(self, y: Tensor, theta: Theta) -> Structure:
-        """``∂yH`` is the Hessian: symmetric, no inactive rows, no kinks."""
-        return Structure(symmetric=True)
+        """``∂yH`` is the Hessian: symmetric, no inactive rows, no kinks. At the point the last
+        dense Newton run returned, the Cholesky factor of its last Hessian (one step before
+        ``y``, so within ``O(‖last step‖)`` of ``∇²f(y)``) is offered as a preconditioner."""
+        last_y, factor = self._last
+        if factor is None or last_y is None or not torch.equal(last_y, y):
+            return Structure(symmetric=True)
+
+        def preconditioner(r: Tensor) -> Tensor:
+            return torch.cholesky_solve(r[..., None], factor)[..., 0]
+
+        return Structure(symmetric=True, preconditioner=preconditioner)
 
 
 class _Run:
@@ -163,6 +174,7 @@ class _Run:
         self.k = y.numel() // max(self.m, 1)
         self.eps = torch.finfo(y.dtype).eps
         self.y = y
+        self.factor: Tensor | None = None  # Cholesky factor of the last dense Newton Hessian
         try:
             values, grad = self._evaluate(y)
         except RuntimeError as err:
@@ -298,6 +310,7 @@ class _Run:
                 f"iteration {iteration} (eigenvalues in [{float(eig[0]):.3e}, "
                 f"{float(eig[-1]):.3e}]): {_HINT} Smooth needs f strongly convex in y."
             )
+        self.factor = factor
         d = -torch.cholesky_solve(g[:, :, None], factor)[:, :, 0]
         if not torch.isfinite(d).all():
             raise DivergenceError(
