@@ -1,9 +1,16 @@
 """Implicit hypergradient descent: exact inner solve, implicit hypergradient, a torch optimizer.
 
-Each step: ``y* = inner.run(θ)`` warm-started at the previous ``y*``; the hypergradient
-``∇h(θ) = ∂θF + Aᵀu`` with ``Bᵀu = −∂yF`` (``bilevel.implicit_solve``); one step of a
-``torch.optim`` optimizer on θ; projection of θ on ``problem.bounds``. The row it returns
-holds θ's value *before* the update, with the outer value and hypergradient measured there.
+Each step: ``y* = inner.run(θ)`` warm-started at the previous ``y*`` (solved to the solver's
+tolerance); the hypergradient ``∇h(θ) = ∂θF + Aᵀu`` with ``Bᵀu = −∂yF``
+(``bilevel.implicit_solve``); one step of a ``torch.optim`` optimizer on θ with the step
+``lr / (k + 1)^decay``; projection of θ on ``problem.bounds``.
+
+Deterministic (``batch_size=None``): ``F = problem.outer``. Minibatch: ``F = f(y*, θ, J)`` on an
+outer minibatch ``J`` of ``batch_size`` samples drawn by the method's own generator
+(``extra["outer_sampler"]``) — an unbiased estimate of the full hypergradient, since the
+implicit derivative is linear in ``∂yF`` (and, by the integral rule, a conservative one at
+kinks). The row holds θ's value *before* the update, with the outer value (of the minibatch)
+and the hypergradient measured there.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ import torch
 from bilevel.adjoint import ImplicitAdjoint
 from bilevel.implicit import implicit_solve
 from bilevel.outer.base import BilevelProblem, OuterState
+from bilevel.outer.optim import OPTIMIZERS, bind, check_optimizer, make_optimizer, set_lr
+from bilevel.outer.sampling import MODES, MinibatchSampler, stream_seed
+from bilevel.outer.schedules import StepSize
+from bilevel.outer.stochastic import OUTER_STREAM, project_theta
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+__all__ = ["OPTIMIZERS", "ImplicitGD"]
 
 
 @dataclass
@@ -26,31 +37,59 @@ class ImplicitGD:
 
     Args:
         optimizer: ``"sgd"`` or ``"adam"`` (a ``torch.optim`` class).
-        lr: learning rate.
+        lr: learning rate ``α₀``.
+        decay: the step is ``lr / (k + 1)^decay`` (0: constant; a decreasing schedule should
+            satisfy the Robbins–Monro conditions ``1/2 < decay ≤ 1``, else it warns).
+        batch_size: outer samples per minibatch (``None``: deterministic, the full outer loss).
+        sampling: a :class:`~bilevel.outer.sampling.MinibatchSampler` mode.
+        seed: seed of the outer sampler's generator.
         adjoint: adjoint settings passed to :func:`bilevel.implicit_solve`.
     """
 
     optimizer: str = "adam"
     lr: float = 0.1
+    decay: float = 0.0
+    batch_size: int | None = None
+    sampling: str = "shuffle"
+    seed: int = 0
     adjoint: ImplicitAdjoint = field(default_factory=ImplicitAdjoint)
     name: str = "implicit"
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_optimizer(self.optimizer)
+        if self.sampling not in MODES:
+            raise ValueError(f"sampling must be one of {MODES}, got {self.sampling!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1 or None, got {self.batch_size}")
+        self.schedule = StepSize(self.lr, self.decay, "lr")
 
     def init(self, problem: BilevelProblem) -> OuterState:
-        theta = problem.theta0.detach().clone().requires_grad_(True)
-        opt = OPTIMIZERS[self.optimizer]([theta], lr=self.lr)
-        return OuterState(theta, problem.y0.detach().clone(), extra={"optimizer": opt})
+        theta = project_theta(problem.theta0.detach().clone(), problem).requires_grad_(True)
+        extra: dict[str, Any] = {"optimizer": make_optimizer(self.optimizer, theta, self.lr)}
+        if self.batch_size is not None:
+            if problem.outer_loss is None:
+                raise ValueError(
+                    "ImplicitGD with a batch_size needs BilevelProblem.outer_loss = f(y, θ, idx) "
+                    "and n_outer; or use batch_size=None (the full outer loss)"
+                )
+            extra["outer_sampler"] = MinibatchSampler(
+                problem.n_outer, self.batch_size, mode=self.sampling,
+                seed=stream_seed(self.seed, OUTER_STREAM), device=theta.device)
+        y = problem.y0.detach().clone().to(theta.device)
+        return OuterState(theta, y, extra=extra)
 
     def step(self, problem: BilevelProblem, state: OuterState) -> dict[str, Any]:
         opt = state.extra["optimizer"]
+        if not state.theta.requires_grad:
+            state.theta = state.theta.detach().requires_grad_(True)
+        bind(opt, state.theta)
         opt.zero_grad()
         y = implicit_solve(problem.inner, state.theta, state.y, adjoint=self.adjoint)
-        value = problem.outer(y, state.theta)
+        sampler = state.extra.get("outer_sampler")
+        if sampler is None:
+            value = problem.outer(y, state.theta)
+        else:
+            value = problem.outer_loss(y, state.theta, sampler())  # type: ignore[misc]
         value.backward()
         report = self.adjoint.report
         row = {
@@ -64,10 +103,10 @@ class ImplicitGD:
             "active_size": report.restricted_size,
             **{f"theta_{i}": float(v) for i, v in enumerate(state.theta.detach().flatten())},
         }
+        set_lr(opt, self.schedule, state.step)
         opt.step()
-        if problem.bounds is not None:
-            with torch.no_grad():
-                state.theta.clamp_(*problem.bounds)
+        with torch.no_grad():
+            state.theta.copy_(project_theta(state.theta, problem))
         state.y = y.detach()
         state.step += 1
         return row
