@@ -23,6 +23,7 @@ from bilevel.outer.checkpoint import (
     save_checkpoint,
 )
 from bilevel.outer.implicit import ImplicitGD
+from bilevel.outer.lbfgsb import BoundedLBFGS
 from solvers.smooth import Smooth
 
 F64 = torch.float64
@@ -67,7 +68,7 @@ def stochastic_methods() -> list:
 
 
 def methods() -> list:
-    return [lambda: ImplicitGD(optimizer="adam", lr=0.1)] + [
+    return [lambda: ImplicitGD(optimizer="adam", lr=0.1), BoundedLBFGS] + [
         (lambda c=c: c()) for c in stochastic_methods()
     ]
 
