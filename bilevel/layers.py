@@ -105,12 +105,34 @@ class FixedPointLayer(nn.Module):
                                  memory=memory, batch_ndim=1, **solver_kwargs)
         self._names: tuple[str, ...] = ()
         self._last: Tensor | None = None
+        self._own_theta: Theta | None = None
 
     def _map(self, z: Tensor, theta: Theta) -> Tensor:
-        """``T(z, θ) = f(z, x)`` with ``f``'s trainable parameters taken from ``θ``."""
+        """``T(z, θ) = f(z, x)`` with ``f``'s trainable parameters taken from ``θ``.
+
+        Inside the forward solve (no autograd recording) with ``θ`` holding ``f``'s own
+        parameters (detached views of the same storage), ``f`` is called directly: the same
+        numbers without ``functional_call``'s per-call parameter swap."""
         x, *params = theta
+        if not torch.is_grad_enabled() and self._holds_own_parameters(theta):
+            return self.f(z, x)
         return torch.func.functional_call(self.f, dict(zip(self._names, params, strict=True)),
                                           (z, x))
+
+    def _holds_own_parameters(self, theta: Theta) -> bool:
+        """Whether ``θ[1:]`` are ``f``'s trainable parameters themselves or detached views of
+        them (same storage, shape and strides); decided once per ``θ`` tuple."""
+        if theta is self._own_theta:
+            return True
+        own = [p for n, p in self.f.named_parameters() if n in self._names]
+        params = theta[1:]
+        same = len(own) == len(params) and all(
+            p.data_ptr() == q.data_ptr() and p.shape == q.shape and p.stride() == q.stride()
+            and p.dtype == q.dtype and p.device == q.device
+            for p, q in zip(params, own, strict=True))
+        if same:
+            self._own_theta = theta
+        return same
 
     def forward(self, x: Tensor, init: Tensor | None = None) -> Tensor:
         """Return ``z*`` with ``z* = f(z*, x)``, differentiable w.r.t. ``x`` and ``f``'s
@@ -125,6 +147,7 @@ class FixedPointLayer(nn.Module):
         """
         named = [(n, p) for n, p in self.f.named_parameters() if p.requires_grad]
         self._names = tuple(n for n, _ in named)
+        self._own_theta = None
         if init is None:
             init = self._start(x)
         z = implicit_solve(self.solver, (x, *(p for _, p in named)), init, adjoint=self.adjoint)

@@ -71,19 +71,20 @@ def _cycle(
         if not bool(active.any()):
             break
         calls += 1
-        w = apply(matvec, basis[:, j], active)[:, :, None]
+        # Row-vector products ((m, 1, k) against the basis): the fast layout of batched GEMM.
+        w = apply(matvec, basis[:, j], active)[:, None, :]
         v = basis[:, : j + 1]
-        h = torch.bmm(v, w)  # (m, j+1, 1)
-        w = torch.baddbmm(w, v.transpose(1, 2), h, alpha=-1)
-        h2 = torch.bmm(v, w)  # second Gram–Schmidt pass
-        w = torch.baddbmm(w, v.transpose(1, 2), h2, alpha=-1)[:, :, 0]
+        h = torch.bmm(w, v.transpose(1, 2))  # (m, 1, j+1)
+        w = torch.baddbmm(w, h, v, alpha=-1)
+        h2 = torch.bmm(w, v.transpose(1, 2))  # second Gram–Schmidt pass
+        w = torch.baddbmm(w, h2, v, alpha=-1)[:, 0]
         hnorm = row_norm(w)
         basis[:, j + 1] = ratio(w, hnorm[:, None].expand_as(w))[0]
-        col = torch.cat([(h + h2)[:, :, 0], hnorm[:, None]], dim=1)  # Hessenberg column j
-        col = torch.bmm(rotations[:, : j + 2, : j + 2], col[:, :, None])[:, :, 0]
+        col = torch.cat([(h + h2)[:, 0], hnorm[:, None]], dim=1)  # Hessenberg column j
+        col = torch.bmm(col[:, None, :], rotations[:, : j + 2, : j + 2].transpose(1, 2))[:, 0]
         diag = torch.hypot(col[:, j], col[:, j + 1])
-        c, ok = ratio(col[:, j], diag)
-        s = ratio(col[:, j + 1], diag)[0]
+        (c, s), ok = ratio(col[:, j:].T, diag.expand(2, -1))
+        ok = ok[0]
         rmat[:, :j, j] = col[:, :j]
         rmat[:, j, j] = diag
         top, bottom = rotations[:, j, : j + 2].clone(), rotations[:, j + 1, : j + 2].clone()
