@@ -17,6 +17,7 @@ the :class:`~bilevel.adjoint.ImplicitAdjoint` passed in.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,6 +74,7 @@ class _ImplicitProblem:
         self.adjoint = adjoint
         self._lin: Linearization | None = None
         self.index: Tensor | None = None
+        self.preconditioner: Callable[[Tensor], Tensor] | None = None  # P ≈ B⁻¹, solver's hint
 
     def theta_arg(self, thetas: tuple[Tensor, ...]) -> Theta:
         return thetas[0] if self.single else thetas
@@ -117,11 +119,14 @@ class _ImplicitProblem:
                 and batch_ndim == 0:
             self.index = (~inactive).flatten().nonzero().flatten()
             reduced = reduce(self.y, theta, self.index)
+            hint = getattr(solver, "restricted_preconditioner", None)
+            self.preconditioner = hint(self.y, theta, self.index) if hint else None
             self._lin = Linearization(
                 lambda y_S, ts: reduced(y_S, ts[0] if single else ts),
                 self.y.flatten()[self.index], self.thetas,
             )
         else:
+            self.preconditioner = self.structure.preconditioner
             self._lin = Linearization(
                 lambda y, ts: solver.optimality(y, ts[0] if single else ts),
                 self.y, self.thetas, batch_ndim,
@@ -133,11 +138,12 @@ class _ImplicitProblem:
         symmetric = self.structure.symmetric
         if self.index is None:
             u = self.adjoint.reverse(lin, lin.flat(grad_y), self.structure.inactive, symmetric,
-                                     self.structure.preconditioner)
+                                     self.preconditioner)
             return lin.rmatvec_theta(u)
         if self.index.numel() == 0:  # y* locally constant
             return tuple(torch.zeros_like(t) for t in self.thetas)
-        u = self.adjoint.reverse(lin, lin.flat(grad_y.flatten()[self.index]), None, symmetric)
+        u = self.adjoint.reverse(lin, lin.flat(grad_y.flatten()[self.index]), None, symmetric,
+                                 self.preconditioner)
         self.adjoint.report.full_size = self.y.numel()
         return lin.rmatvec_theta(u)
 
@@ -147,11 +153,12 @@ class _ImplicitProblem:
         if self.index is None:
             r = -lin.matvec(None, theta_dots)
             return lin.unflat(self.adjoint.forward(lin, r, self.structure.inactive, symmetric,
-                                                   self.structure.preconditioner))
+                                                   self.preconditioner))
         y_dot = torch.zeros_like(self.y).flatten()
         if self.index.numel():
             r = -lin.matvec(None, theta_dots)
-            y_dot[self.index] = self.adjoint.forward(lin, r, None, symmetric).flatten()
+            y_dot[self.index] = self.adjoint.forward(lin, r, None, symmetric,
+                                                     self.preconditioner).flatten()
             self.adjoint.report.full_size = self.y.numel()
         return y_dot.reshape(self.y.shape)
 

@@ -158,20 +158,54 @@ class WorkingSet:
         """``w_S ↦ F(X_S w_S)`` and its gradient; for a quadratic datafit, the same function
         written with the Gram matrix the last working-set solve already formed (``½wᵀGw − bᵀw``
         up to a constant), so that each product with ``∂H`` costs ``O(|S|²)``, not ``O(n|S|)``."""
-        W, G, b = self._gram
-        if W is not None:
-            position = torch.full((self.X.shape[1],), -1, dtype=torch.long, device=W.device)
-            position[W] = torch.arange(W.numel(), device=W.device)
-            pos = position[index]
-            if bool((pos >= 0).all()):
-                G_SS, b_S = G[pos][:, pos], b[pos]
-                return (lambda w, t: 0.5 * (w @ (G_SS @ w)) - b_S @ w,
-                        lambda w, t: G_SS @ w - b_S)
+        pos = self._gram_positions(index)
+        if pos is not None:
+            _, G, b = self._gram
+            G_SS, b_S = G[pos][:, pos], b[pos]
+            return (lambda w, t: 0.5 * (w @ (G_SS @ w)) - b_S @ w,
+                    lambda w, t: G_SS @ w - b_S)
         X_S, datafit = self._columns(index), self.datafit
         return (lambda w, t: datafit.value(X_S @ w),
                 lambda w, t: X_S.T @ datafit.derivative(X_S @ w))
 
+    def restricted_preconditioner(self, y: Tensor, theta: Theta, index: Tensor
+                                  ) -> Callable[[Tensor], Tensor] | None:
+        """``r ↦ (G_SS + diag λ₂)⁻¹ r`` for the reduced system of ``restricted_optimality``
+        (``r`` of shape ``(1, |S|)``), from the working set's Gram matrix ``G``.
+
+        For a quadratic datafit every penalty here has, on its support, ``∂yH_SS = c·(G_SS +
+        diag λ₂)`` with a scalar ``c > 0`` (``η``, or ``η/(1 + ηλ₂)`` for the elastic net), so
+        this is the exact inverse up to a scale that preconditioned CG ignores: the adjoint
+        takes one product. ``None`` (the engine then builds ``∂yH_SS`` and checks its
+        conditioning) for other datafits, when the Gram matrix does not cover the support, or
+        when its Cholesky factor is close to singular."""
+        pos = self._gram_positions(index) if self.datafit.quadratic else None
+        if pos is None or pos.numel() == 0:
+            return None
+        _, G, _ = self._gram
+        M = G.index_select(0, pos).index_select(1, pos)
+        l2 = self.penalty.params(detach(theta), index).get("l2", 0.0)
+        if isinstance(l2, Tensor) or l2 != 0.0:
+            M.diagonal().add_(l2)
+        factor, info = torch.linalg.cholesky_ex(M)
+        pivots = factor.diagonal()
+        eps = torch.finfo(M.dtype).eps
+        if int(info) != 0 or float(pivots.min() / pivots.max()) ** 2 < 100 * pos.numel() * eps:
+            return None
+        return lambda r: torch.cholesky_solve(r.mT, factor).mT
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _gram_positions(self, index: Tensor) -> Tensor | None:
+        """Positions of the features ``index`` in the last working set whose Gram matrix was
+        formed (``self._gram``), or ``None`` if one of them is not in it."""
+        W = self._gram[0]
+        if W is None:
+            return None
+        position = torch.full((self.X.shape[1],), -1, dtype=torch.long, device=W.device)
+        position[W] = torch.arange(W.numel(), device=W.device)
+        pos = position[index]
+        return pos if bool((pos >= 0).all()) else None
 
     def _smooth(self, w: Tensor, theta: Theta) -> Tensor:
         return self.datafit.value(self.X @ w)
@@ -202,7 +236,10 @@ class WorkingSet:
         times per working set."""
         X = self.X
         if X.device.type == "cpu" and not X.requires_grad:
-            return torch.from_numpy(X.numpy()[:, index.numpy()])
+            try:
+                return torch.from_numpy(X.numpy()[:, index.numpy()])
+            except RuntimeError:  # a tensor wrapped by a torch.func transform has no storage
+                pass
         return X[:, index]
 
     def _working_set(self, w: Tensor, violation: Tensor) -> Tensor:
