@@ -627,7 +627,8 @@ def _dual_active_set(data: _Data, p: int, lam: Tensor, slack: Tensor, tol: float
     todo = torch.arange(k, device=data.q.device)
     sub = data
     done = 0
-    for done in range(1, rounds + 1):
+    while done < rounds:
+        done += 1
         cand, lam, slack = dual.active_set_step(sub.Q, sub.q, p, lam, slack)
         res = _residual(sub, cand)
         better = res < best_res[todo]

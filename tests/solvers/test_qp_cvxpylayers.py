@@ -11,6 +11,7 @@ import torch
 from cvxpylayers.torch import CvxpyLayer
 
 import bilevel
+from solvers.qp import NativeQP
 from solvers.qp.cvxpylayers_backend import CvxpyQP
 from solvers.qp.kkt import kkt_mapping
 from tests.helpers import assert_directional
@@ -95,11 +96,20 @@ def test_hypergradient_matches_cvxpylayers_backward(solved):
     layer = CvxpyLayer(problem, [Lp, qp, Gp, hp, Ap, bp],
                        [z, eq.dual_variables[0], ineq.dual_variables[0]])
     q2, h2 = q.clone().requires_grad_(), h.clone().requires_grad_()
+    # at eps 1e-9 SCS's own derivative is off by ~2.6e-7 on this problem (it moves towards
+    # ours as eps tightens: 3.9e-8 at 1e-10), so the ≤ 1e-7 check uses 1e-10
     zs, nus, lams = layer(torch.linalg.cholesky(Q).mT, q2, G, h2, A, b, solver_args=TIGHT)
     (torch.cat([zs, nus, lams], -1) * w).sum().backward()
 
     for ours, ref in ((q1.grad, q2.grad), (h1.grad, h2.grad)):
-        assert float((ours - ref).norm() / ref.norm()) <= 1e-5
+        assert float((ours - ref).norm() / ref.norm()) <= 1e-7
+
+    # the native backend, an independent solver, gives the same derivative to round-off
+    q3, h3 = q.clone().requires_grad_(), h.clone().requires_grad_()
+    y = bilevel.implicit_solve(NativeQP(), (Q, q3, G, h3, A, b))
+    (y * w).sum().backward()
+    for native, ours in ((q3.grad, q1.grad), (h3.grad, h1.grad)):
+        assert float((native - ours).norm() / ours.norm()) <= 1e-9
 
 
 def test_hypergradient_central_differences(solved):

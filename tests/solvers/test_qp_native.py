@@ -266,3 +266,76 @@ def test_invalid_inputs():
         NativeQP(tol=0)
     with pytest.raises(ValueError, match="maxiter"):
         NativeQP(maxiter=0)
+
+
+# -- against cvxpylayers' own derivative; the closed-form adjoint hint ---------------------------
+
+
+def _cvxpylayers_gradients(theta, w, eps=1e-9):
+    """Gradients of ``Σ w∘z*`` w.r.t. ``(Q, q, G, h, A, b)`` by cvxpylayers' own backward
+    (diffcp, SCS at ``eps``); ``Q`` enters as ``½‖Lz‖²`` with ``L`` its Cholesky factor taken
+    in torch, so ``∂/∂Q`` flows through the factorisation."""
+    from cvxpylayers.torch import CvxpyLayer
+
+    n, m, p = theta[1].shape[-1], theta[3].shape[-1], theta[5].shape[-1]
+    z = cp.Variable(n)
+    L, q, G, h, A, b = (cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter((m, n)),
+                        cp.Parameter(m), cp.Parameter((p, n)), cp.Parameter(p))
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L @ z) + q @ z),
+                         [G @ z <= h, A @ z == b])
+    layer = CvxpyLayer(problem, [L, q, G, h, A, b], [z])
+    leaves = [t.clone().requires_grad_(True) for t in theta]
+    (zs,) = layer(torch.linalg.cholesky(leaves[0]).mT, *leaves[1:],
+                  solver_args={"eps_abs": eps, "eps_rel": eps})
+    (zs * w).sum().backward()
+    return [t.grad for t in leaves]
+
+
+def test_gradients_match_cvxpylayers_own_backward():
+    theta = random_qp(batch=3, n=6, m=5, p=1, seed=4)
+    y = NativeQP().run(theta)
+    slack = theta[3] - (theta[2] @ y[..., :6, None])[..., 0]
+    assert bool(((y[..., 7:] > 1e-3) | (slack > 1e-3)).all())  # strictly complementary
+    w = torch.randn(3, 6, generator=torch.Generator().manual_seed(5), dtype=F64)
+    leaves = [t.clone().requires_grad_(True) for t in theta]
+    z = bilevel.implicit_solve(NativeQP(), tuple(leaves))[..., :6]
+    (z * w).sum().backward()
+    ref = _cvxpylayers_gradients(theta, w)
+    for name, ours, theirs in zip("Q q G h A b".split(), leaves, ref, strict=True):
+        # ∂/∂Q: only the symmetric part is determined (the QP depends on (Q + Qᵀ)/2)
+        g, r = ours.grad, theirs
+        if name == "Q":
+            g, r = (g + g.mT) / 2, (r + r.mT) / 2
+        assert float((g - r).norm() / r.norm()) <= 1e-7, name
+
+
+def test_adjoint_hint_solves_the_kkt_adjoint_system():
+    from bilevel.linearization import Linearization
+
+    theta = random_qp(seed=6)
+    solver = NativeQP()
+    y = solver.run(theta)
+    v = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    u = solver.solve_adjoint(y, theta, v)
+    lin = Linearization(kkt_mapping, y, theta, 1)
+    assert float((lin.rmatvec_y(u) + v).abs().max()) <= 1e-11  # ∂yHᵀu = −v
+    assert solver.solve_adjoint(y.clone(), theta, v) is None  # another y: no hint
+    # a badly conditioned Q is solved on the primal path: then the hint does not apply
+    Q = theta[0].clone()
+    Q[1] = torch.diag(torch.logspace(0, -12, 10, dtype=F64))
+    y_bad = solver.run((Q, *theta[1:]))
+    assert solver.status.tolist() == [0] * 5
+    assert solver.solve_adjoint(y_bad, (Q, *theta[1:]), v) is None
+
+
+def test_mixed_batch_of_reduced_and_primal_items_matches_cvxpy():
+    """Items with Q ≻ 0 go through the dual reduction, a badly conditioned one through the
+    primal interior point: every item matches cvxpy."""
+    Q, q, G, h, A, b = (t.clone() for t in random_qp(seed=8))
+    Q[2] = torch.diag(torch.logspace(0, -12, 10, dtype=F64))  # cond 1e12: primal path
+    solver = NativeQP()
+    y = solver.run((Q, q, G, h, A, b))
+    for i in range(5):
+        z_ref = reference(Q[i], q[i], G[i], h[i], A[i], b[i])
+        assert np.abs(y[i, :10].numpy() - z_ref).max() <= 1e-6, i
+    assert float(kkt_mapping(y, (Q, q, G, h, A, b)).abs().max()) <= 1e-9
