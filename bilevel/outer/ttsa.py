@@ -8,10 +8,14 @@ more slowly than the outer step ``α_k`` (``α_k / β_k → 0``), so that y trac
 
 with ``v`` the paper's randomly truncated Neumann estimate of ``(∇²_yy g)⁻¹ ∇_y f_J``:
 ``v = η Q Π_{s=1}^{q} (I − η ∇²_yy g_{I_s}) ∇_y f_J`` with ``q`` uniform on ``{0, …, Q−1}``
-(unbiased for the ``Q``-term series; ``η = neumann_lr / L``). ``β_k = inner_lr / L /
-(k+1)^inner_decay`` and ``α_k = outer_lr / (k+1)^outer_decay``; the defaults (2/3 and 1)
-are the paper's strongly-convex-outer schedule shape, both Robbins–Monro. The draw of ``q``
-uses the method's own generator (``extra["neumann_generator"]``).
+(unbiased for the ``Q``-term series; ``η = neumann_lr / L``). Its variance is large (the
+factor ``Q``); ``randomized_neumann=False`` uses the whole ``Q``-term sum instead, as
+StocBiO does (``Q`` Hessian-vector products per step instead of ``(Q − 1)/2`` on average).
+Steps: ``β_k = inner_lr / L / (k+1)^inner_decay`` and ``α_k = outer_lr / (k+1)^outer_decay``.
+The paper's schedules decay both (e.g. exponents 2/3 and 1 for a strongly convex outer
+problem); the defaults here keep ``β`` constant (the fastest tracking of ``y*(θ)``) and decay
+``α`` with exponent 0.6 (Robbins–Monro), so ``α_k / β_k → 0`` still separates the timescales.
+The draw of ``q`` uses the method's own generator (``extra["neumann_generator"]``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from bilevel.outer.base import BilevelProblem, OuterState
 from bilevel.outer.oracles import cross, hvp, inner_grad, outer_oracle
@@ -32,10 +37,11 @@ class TTSA(StochasticMethod):
     """TTSA. Args (besides :class:`StochasticMethod`'s): ``neumann_terms`` ``Q`` (≥ 1),
     ``neumann_lr`` (``η L``, in (0, 2)); ``outer_decay`` should exceed ``inner_decay``."""
 
-    inner_decay: float = 2 / 3
-    outer_decay: float = 1.0
+    inner_decay: float = 0.0
+    outer_decay: float = 0.6
     neumann_terms: int = 10
     neumann_lr: float = 0.5
+    randomized_neumann: bool = True
     name: str = "ttsa"
 
     def __post_init__(self) -> None:
@@ -56,16 +62,27 @@ class TTSA(StochasticMethod):
         y = state.y - self.inner_step(state) * inner_grad(g, state.y, theta,
                                                            self.inner_batch(state))
         outer = outer_oracle(f, y, theta, self.outer_batch(state))
-        eta = self.neumann_lr / state.extra["lipschitz"]
-        depth = int(torch.randint(self.neumann_terms, (1,),
-                                  generator=state.extra["neumann_generator"]))
-        v = outer.grad_y
-        for _ in range(depth):
-            v = v - eta * hvp(g, y, theta, self.inner_batch(state), v)
-        v = (eta * self.neumann_terms) * v
+        v = self.neumann(problem, state, y, outer.grad_y)
         d_theta = outer.grad_theta - cross(g, y, theta, self.inner_batch(state), v)
         row = self.row(state, outer.value, d_theta)
         state.y, state.extra["v"] = y, v
         self.update_theta(problem, state, d_theta)
         state.step += 1
         return row
+
+    def neumann(self, problem: BilevelProblem, state: OuterState, y: Tensor, b: Tensor
+                ) -> Tensor:
+        """The (randomly truncated) Neumann estimate of ``(∇²_yy g)⁻¹ b`` at ``(y, θ)``."""
+        g, theta = problem.inner_loss, state.theta
+        eta = self.neumann_lr / state.extra["lipschitz"]
+        depth = int(torch.randint(self.neumann_terms, (1,),
+                                  generator=state.extra["neumann_generator"]))
+        if self.randomized_neumann:
+            for _ in range(depth):
+                b = b - eta * hvp(g, y, theta, self.inner_batch(state), b)
+            return (eta * self.neumann_terms) * b
+        total = b
+        for _ in range(self.neumann_terms - 1):
+            b = b - eta * hvp(g, y, theta, self.inner_batch(state), b)
+            total = total + b
+        return eta * total

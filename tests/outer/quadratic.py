@@ -26,6 +26,10 @@ class Quadratic:
     problem: BilevelProblem
     theta_star: np.ndarray
     outer_curvatures: np.ndarray  # eigenvalues of the Hessian of h
+    targets: torch.Tensor  # t_j, one row per outer sample
+    mu: float
+    features: torch.Tensor  # x_i, one row per inner sample
+    inner_B: torch.Tensor  # B = mean_i B_i
 
     def rel_error(self, theta: torch.Tensor) -> float:
         t = theta.detach().cpu().numpy()
@@ -33,7 +37,7 @@ class Quadratic:
 
 
 def quadratic(n_inner: int = 256, n_outer: int = 256, p: int = 5, d: int = 3, *,
-              ridge: float = 1.0, mu: float = 0.3, noise: float = 0.3, seed: int = 0,
+              ridge: float = 1.0, mu: float = 0.3, noise: float = 0.1, seed: int = 0,
               device: str = "cpu") -> Quadratic:
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(n_inner, p, generator=gen, dtype=F64) / p ** 0.5
@@ -68,4 +72,4 @@ def quadratic(n_inner: int = 256, n_outer: int = 256, p: int = 5, d: int = 3, *,
         y0=torch.zeros(p, dtype=F64, device=device),
         inner_loss=inner_loss, outer_loss=outer_loss, n_inner=n_inner, n_outer=n_outer,
     )
-    return Quadratic(problem, theta_star, np.linalg.eigvalsh(hessian))
+    return Quadratic(problem, theta_star, np.linalg.eigvalsh(hessian), ts, mu, X, B)
