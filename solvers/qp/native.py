@@ -12,9 +12,23 @@ with ``H(θ, y*) = 0`` exactly at a KKT point. ``H_λ`` has a kink at weakly act
 (``λ_i = 0 = h_i − G_i z``); the structure hint (:func:`~solvers.qp.kkt.kkt_structure`) reports
 the inactive rows and the kink distances.
 
-**Algorithm.** Mehrotra predictor–corrector on the homogeneous self-dual embedding (HSDE) of
-the QP, as in Clarabel (Goulart & Chen 2024) restricted to the nonnegative orthant plus
-equalities. With slacks ``s = h − G z ≥ 0`` and the homogenising pair ``τ, κ ≥ 0``:
+**Dual reduction (``Q ≻ 0``, the common case).** Where the Cholesky factorisation of ``Q``
+succeeds with ``(min diag L / max diag L)² ≥ √eps``, the item is solved through its dual QP in
+the ``p + m`` multipliers (:mod:`solvers.qp.dual`: ``S = C Q⁻¹ Cᵀ``, one factorisation of ``Q``
+per solve, every later factorisation ``(p+m)²``), always in float64 (``S`` squares the
+conditioning of ``Q``; float32 results are the float64 ones rounded): a primal-dual active-set
+method from ``λ = 0`` (≤ 12 rounds; usually exact in 5–10 on random QPs), then, for the items it
+leaves, the HSDE below on the dual (an unbounded dual is a primal-infeasible item); finally
+``z = −Q⁻¹(q + Cᵀy)``. Items with a singular or badly conditioned ``Q``, and items whose lifted
+residual lost more than 10× over the dual's, run the HSDE on the primal instead. The reduction
+also gives the implicit derivative in closed form (:meth:`NativeQP.solve_adjoint`, a hint for the
+engine). ``info.iterations`` counts the active-set rounds of that cold start plus the
+interior-point iterations (polishing is not counted).
+
+**Algorithm (primal, and the dual's fallback).** Mehrotra predictor–corrector on the
+homogeneous self-dual embedding (HSDE) of the QP, as in Clarabel (Goulart & Chen 2024)
+restricted to the nonnegative orthant plus equalities. With slacks ``s = h − G z ≥ 0`` and
+the homogenising pair ``τ, κ ≥ 0``:
 
     Q z + Aᵀν + Gᵀλ + q τ = 0,     A z − b τ = 0,     G z + s − h τ = 0,
     κ + zᵀQz / τ + qᵀz + bᵀν + hᵀλ = 0,     s∘λ = μ e,   τ κ = μ,
@@ -170,7 +184,10 @@ class NativeQP:
         batch = P.batch_shape()
         self.batch_ndim = len(batch)
         data = _Data.of(P, batch)
-        L, reducible = dual.cholesky_where_well_conditioned(data.Q)
+        # the dual reduction squares the conditioning (S = C Q⁻¹ Cᵀ): it runs in float64
+        work = data if data.q.dtype == torch.float64 else _Data(
+            *(t.to(torch.float64) for t in data[:6]), data.B)
+        L, reducible = dual.cholesky_where_well_conditioned(work.Q)
         _check_Q(P.Q, self.check_psd and not bool(reducible.all()))
         B, N = data.B, n + p + m
         like = {"dtype": P.q.dtype, "device": P.q.device}
@@ -182,8 +199,8 @@ class NativeQP:
         iterations = 0
         self._reduction = None
         if bool(reducible.any()):
-            iterations, rescue = self._solve_dual(data, L, reducible.nonzero().flatten(), y0,
-                                                  out, best, status)
+            iterations, rescue = self._solve_dual(data, work, L, reducible.nonzero().flatten(),
+                                                  y0, out, best, status)
             primal = torch.cat([(~reducible).nonzero().flatten(), rescue])
         else:
             primal = torch.arange(B, device=P.q.device)
@@ -234,21 +251,26 @@ class NativeQP:
         out[where], best[where], status[where] = sub_out[todo], sub_best[todo], sub_status[todo]
         return iterations
 
-    def _solve_dual(self, data: _Data, L: Tensor, index: Tensor, y0: Tensor | None,
-                    out: Tensor, best: Tensor, status: Tensor) -> tuple[int, Tensor]:
+    def _solve_dual(self, data: _Data, work: _Data, L: Tensor, index: Tensor,
+                    y0: Tensor | None, out: Tensor, best: Tensor, status: Tensor
+                    ) -> tuple[int, Tensor]:
         """The items ``index`` (``Q ≻ 0``, factor ``L``) through the dual reduction of
         :mod:`solvers.qp.dual`: the HSDE and the polishing run on the ``p + m`` dual unknowns,
-        then ``z = −Q⁻¹(q + Cᵀy)``. Returns the iterations and the items to solve again on
-        the primal (the lifted residual lost more than 10× over the dual's, a sign of
-        round-off in ``Q⁻¹``)."""
-        d = data.take(index)
+        then ``z = −Q⁻¹(q + Cᵀy)``; all of it in float64 (``work``: ``data`` in float64),
+        the result cast back to ``data``'s dtype. Returns the iterations and the items to
+        solve again on the primal (the lifted residual is above ``tol`` and lost more than
+        10× over the dual's, a sign of round-off in ``Q⁻¹``)."""
+        data_out = data.take(index)
+        d = work.take(index)
+        if y0 is not None:
+            y0 = y0.to(torch.float64)
         n, p, m = d.q.shape[-1], d.b.shape[-1], d.h.shape[-1]
         k = d.B
         red = dual.reduce(L if L.shape[0] == 1 else L[index], d.q, d.A, d.b, d.G, d.h)
         like = _like(d.q)
         if p + m == 0:  # unconstrained: z = −Q⁻¹q
-            y = dual.lift(red, torch.zeros(k, 0, **like))
-            res = _residual(d, y)
+            y = dual.lift(red, torch.zeros(k, 0, **like)).to(data_out.q.dtype)
+            res = _residual(data_out, y)
             out[index], best[index], status[index] = y, res, SOLVED
             return 0, index[:0]
         dd = _Data(*red.standard_form(), k)
@@ -275,16 +297,18 @@ class NativeQP:
         if todo.numel():
             iterations += _Hsde(self, dd.take(todo), todo, out_d, best_d, status_d,
                                 polisher, self.maxiter - iterations).solve()
-        y = dual.lift(red, out_d)
-        res = _residual(d, y)
+        y64 = dual.lift(red, out_d)
+        res64 = _residual(d, y64)
         solved = status_d == SOLVED
-        lost = solved & (res > torch.clamp(10 * best_d, min=self.tol))
+        lost = solved & (res64 > self.tol) & (res64 > 10 * best_d)
+        y = y64.to(data_out.q.dtype)  # its residual: that of float64's solution, rounded
+        res = res64 if y.dtype == torch.float64 else _residual(data_out, y).to(res64.dtype)
         keep = solved & ~lost
         # an unbounded dual is an infeasible primal; the dual is always feasible
         code = torch.where(status_d == DUAL_INFEASIBLE, PRIMAL_INFEASIBLE,
                            torch.where(status_d == PRIMAL_INFEASIBLE, MAX_ITERATIONS, status_d))
         out[index] = torch.where(keep[:, None], y, torch.full_like(y, math.nan))
-        best[index] = torch.where(keep, res, torch.full_like(res, math.inf))
+        best[index] = torch.where(keep, res, torch.full_like(res, math.inf)).to(best.dtype)
         status[index] = code
         self._reduction = (index, red)
         return iterations, index[lost]

@@ -339,3 +339,22 @@ def test_mixed_batch_of_reduced_and_primal_items_matches_cvxpy():
         z_ref = reference(Q[i], q[i], G[i], h[i], A[i], b[i])
         assert np.abs(y[i, :10].numpy() - z_ref).max() <= 1e-6, i
     assert float(kkt_mapping(y, (Q, q, G, h, A, b)).abs().max()) <= 1e-9
+
+
+def test_float32_on_a_badly_conditioned_q_stays_accurate():
+    """cond(Q) ≈ 4e3: the dual reduction (S = C Q⁻¹ Cᵀ squares it) runs in float64, so the
+    float32 answer is the float64 one rounded, not a float32 Schur complement's."""
+    gen = torch.Generator().manual_seed(11)
+    n, m = 30, 15
+    M = torch.randn(4, n, n, generator=gen, dtype=F64) / n ** 0.5
+    Q = M.mT @ M + 1e-3 * torch.eye(n, dtype=F64)
+    q, G, z0 = (torch.randn(4, n, generator=gen, dtype=F64),
+                torch.randn(4, m, n, generator=gen, dtype=F64),
+                torch.randn(4, n, generator=gen, dtype=F64))
+    h = (G @ z0[..., None])[..., 0] + torch.rand(4, m, generator=gen, dtype=F64)
+    theta = (Q, q, G, h, None, None)
+    y64 = NativeQP().run(theta)
+    y32 = NativeQP(tol=1e-4).run(tuple(None if t is None else t.float() for t in theta))
+    assert y32.dtype == torch.float32
+    assert float((y32[:, :n].double() - y64[:, :n]).abs().max()) <= 1e-2 * float(
+        y64[:, :n].abs().max())
