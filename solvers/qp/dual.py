@@ -155,5 +155,43 @@ def adjoint_solve(dual: DualQP, inactive: Tensor, v: Tensor) -> Tensor:
     return torch.where((info != 0)[:, None], torch.full_like(u, math.nan), u)
 
 
+def tangent_solve(dual: DualQP, inactive: Tensor, r: Tensor) -> Tensor:
+    """``ẏ`` solving ``B ẏ = r`` (forward mode) for the KKT mapping's ``B = ∂yH`` at a
+    solution, with the factorisation of the reduction.
+
+    Rows of ``B ẏ = r``: ``Q ż + Aᵀν̇ + Gᵀλ̇ = r_z``, ``A ż = r_ν``, ``λ̇_i = r_λ,i`` on inactive
+    rows and ``−G_i ż = r_λ,i`` on active ones. With ``C_a = [A; G_a]``, ``w = [ν̇; λ̇_a]`` and
+    ``f = r_z − G_inᵀ r_λ,in``: ``(C_a Q⁻¹ C_aᵀ) w = C_a Q⁻¹ f − [r_ν; −r_λ,a]`` and
+    ``ż = Q⁻¹(f − C_aᵀ w)``.
+
+    Args:
+        dual: the reduction of the items.
+        inactive: ``(k, m)`` inactive inequalities.
+        r: ``(k, n + p + m)``.
+
+    Returns:
+        ``ẏ`` ``(k, n + p + m)``; NaN rows where ``C_a Q⁻¹ C_aᵀ`` is not positive definite.
+    """
+    p = dual.p
+    k, n = r.shape[0], dual.w.shape[-1]
+    r_z, r_nu, r_lam = r[:, :n], r[:, n:n + p], r[:, n + p:]
+    free = torch.cat([torch.ones(k, p, dtype=torch.bool, device=r.device), ~inactive], -1)
+    eye = torch.eye(free.shape[-1], dtype=r.dtype, device=r.device)
+    S_ff = torch.where(free[:, :, None] & free[:, None, :], dual.S, eye)
+    F, info = torch.linalg.cholesky_ex(S_ff)
+    r_in = torch.where(inactive, r_lam, torch.zeros_like(r_lam))
+    Qinv_f = (torch.cholesky_solve(r_z.unsqueeze(-1), dual.L).squeeze(-1)
+              - _mv(dual.R[..., p:], r_in))
+    C_Qinv_f = _mv(dual.R.mT, r_z) - _mv(dual.S[..., p:], r_in)
+    g = torch.cat([r_nu, -r_lam], -1)
+    rhs = torch.where(free, C_Qinv_f - g, torch.zeros_like(g))
+    w = torch.cholesky_solve(rhs.unsqueeze(-1), F).squeeze(-1)
+    w = w + torch.cholesky_solve((rhs - _mv(S_ff, w)).unsqueeze(-1), F).squeeze(-1)
+    z_dot = Qinv_f - _mv(dual.R, w)
+    lam_dot = torch.where(inactive, r_lam, w[:, p:])
+    y_dot = torch.cat([z_dot, w[:, :p], lam_dot], -1)
+    return torch.where((info != 0)[:, None], torch.full_like(y_dot, math.nan), y_dot)
+
+
 def _mv(M: Tensor, v: Tensor) -> Tensor:
     return (M @ v.unsqueeze(-1)).squeeze(-1)

@@ -315,10 +315,10 @@ class NativeQP:
 
     def solve_adjoint(self, y: Tensor, theta: QPParams | tuple[Tensor, ...], v: Tensor
                       ) -> Tensor | None:
-        """Hint for the engine: ``u`` solving ``∂yH(θ, y)ᵀ u = −v`` in closed form, for the
-        ``y`` the last :meth:`run` returned (:func:`solvers.qp.dual.adjoint_solve`: the
-        Cholesky factor of ``Q`` and ``S = C Q⁻¹ Cᵀ`` of the dual reduction are reused, so no
-        ``(n+p+m)²`` matrix is formed). Items not solved (NaN) have identity rows: ``u = −v``.
+        """Hint for the engine (reverse mode): ``u`` solving ``∂yH(θ, y)ᵀ u = −v`` in closed
+        form, for the ``y`` the last :meth:`run` returned (:func:`solvers.qp.dual.adjoint_solve`:
+        the Cholesky factor of ``Q`` and ``S = C Q⁻¹ Cᵀ`` of the dual reduction are reused, so
+        no ``(n+p+m)²`` matrix is formed). Items not solved (NaN) have identity rows: ``u = −v``.
 
         Args:
             y: the solution returned by the last ``run`` (same storage).
@@ -331,14 +331,27 @@ class NativeQP:
             or dependent active constraints, where ``∂yH`` is singular): the caller then
             differentiates ``H`` itself.
         """
+        return self._closed_form(y, theta, v, dual.adjoint_solve, lambda x: -x)
+
+    def solve_tangent(self, y: Tensor, theta: QPParams | tuple[Tensor, ...], r: Tensor
+                      ) -> Tensor | None:
+        """Hint for the engine (forward mode): ``ẏ`` solving ``∂yH(θ, y) ẏ = r`` in closed form
+        (:func:`solvers.qp.dual.tangent_solve`), same conditions as :meth:`solve_adjoint`;
+        items not solved have identity rows: ``ẏ = r``."""
+        return self._closed_form(y, theta, r, dual.tangent_solve, lambda x: x)
+
+    def _closed_form(self, y: Tensor, theta: QPParams | tuple[Tensor, ...], rhs: Tensor,
+                     solve: Callable[[dual.DualQP, Tensor, Tensor], Tensor],
+                     identity_row: Callable[[Tensor], Tensor]) -> Tensor | None:
         cache = getattr(self, "_reduction", None)
         if cache is None or len(cache) != 3 or cache[0] != y.data_ptr():
             return None
         _, index, red = cache
         P = QPParams(*(t.detach() for t in theta))
         N = y.shape[-1]
-        y_flat, v_flat = y.detach().reshape(-1, N), v.reshape(-1, N)
-        u = -v_flat.clone()
+        y_flat = y.detach().reshape(-1, N)
+        rhs_flat = rhs.reshape(-1, N)
+        out = identity_row(rhs_flat).clone()
         solved = self.status.reshape(-1)[index] == SOLVED
         items = index[solved]
         if items.numel():
@@ -346,11 +359,12 @@ class NativeQP:
                                      .params()).inactive
             n, p = P.sizes[0], P.sizes[1]
             sub = dual.DualQP(*(t if t.shape[0] == 1 else t[solved] for t in red[:5]), red.p)
-            u_items = dual.adjoint_solve(sub, inactive[:, n + p:], v_flat[items])
-            if not bool(torch.isfinite(u_items).all()):
+            rhs64 = rhs_flat[items].to(red.c.dtype)
+            sol = solve(sub, inactive[:, n + p:], rhs64)
+            if not bool(torch.isfinite(sol).all()):
                 return None
-            u[items] = u_items
-        return u.reshape(y.shape)
+            out[items] = sol.to(out.dtype)
+        return out.reshape(y.shape)
 
     def optimality(self, y: Tensor, theta: QPParams | tuple[Tensor, ...]) -> Tensor:
         """``H(θ, y)`` = :func:`~solvers.qp.kkt.kkt_mapping` (``H(θ, y*) = 0``).

@@ -358,3 +358,15 @@ def test_float32_on_a_badly_conditioned_q_stays_accurate():
     assert y32.dtype == torch.float32
     assert float((y32[:, :n].double() - y64[:, :n]).abs().max()) <= 1e-2 * float(
         y64[:, :n].abs().max())
+
+
+def test_tangent_hint_solves_the_kkt_tangent_system():
+    from bilevel.linearization import Linearization
+
+    theta = random_qp(seed=9)
+    solver = NativeQP()
+    y = solver.run(theta)
+    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    y_dot = solver.solve_tangent(y, theta, r)
+    lin = Linearization(kkt_mapping, y, theta, 1)
+    assert float((lin.matvec(lin.flat(y_dot)) - lin.flat(r)).abs().max()) <= 1e-11  # B ẏ = r
