@@ -215,6 +215,29 @@ def test_gmres_with_short_restart() -> None:
     assert rel_err(x, torch.linalg.solve(matrix, b)) <= 1e-8
 
 
+@pytest.mark.parametrize("steps", [1, 3, 7])
+def test_gmres_cycle_is_the_krylov_minimal_residual(steps: int) -> None:
+    """One cycle of ``j`` Arnoldi steps returns ``argmin_{x ∈ K_j(M, b)} ‖b − M x‖``, computed
+    here independently by least squares on an explicit Krylov basis ``[b, Mb, …, M^{j−1} b]``
+    (columns normalised): checks the accumulated Givens rotations and the triangular solve."""
+    g = gen(8)
+    matrix, b = nonsymmetric(g), rhs(g)
+    x, info = gmres(as_matvec(matrix), b, tol=TOL, restart=steps, maxiter=steps)
+    assert info.iterations == steps and not info.converged
+    residuals = []
+    for i in range(M):
+        columns = [b[i] / b[i].norm()]
+        for _ in range(steps - 1):
+            v = matrix[i] @ columns[-1]
+            columns.append(v / v.norm())
+        krylov = torch.stack(columns, dim=1)  # (K, steps)
+        coef = torch.linalg.lstsq(matrix[i] @ krylov, b[i][:, None]).solution
+        ref = (krylov @ coef)[:, 0]
+        assert torch.allclose(x[i], ref, rtol=0, atol=1e-10 * float(ref.norm()))
+        residuals.append(float((b[i] - matrix[i] @ ref).norm() / b[i].norm()))
+    assert info.residual == pytest.approx(max(residuals), rel=1e-8)
+
+
 def test_lstsq_singular_consistent_gives_minimum_norm() -> None:
     g = gen(7)
     sigma = torch.cat([torch.linspace(1.0, 5.0, K - 5), torch.zeros(5)]).to(torch.float64)
