@@ -84,6 +84,41 @@ def test_acceleration_needs_fewer_iterations_than_picard():
     assert its["picard"] < its["km"], its  # damping 0.5 halves the contraction's progress
 
 
+def anderson_by_the_book(y: torch.Tensor, theta: torch.Tensor, memory: int, steps: int,
+                         regularization: float) -> torch.Tensor:
+    """Type-II Anderson written out plainly: keep the last ``memory + 1`` pairs ``(f_i, g_i)``,
+    difference them, solve the regularised normal equations, step to ``f − ΔF γ``."""
+    f = T(y, theta)
+    fs, gs = [f], [y - f]
+    for _ in range(steps):
+        if len(fs) == 1:
+            y = fs[-1]
+        else:
+            dF = torch.stack(fs, 1).diff(dim=1)  # (n, m)
+            dG = torch.stack(gs, 1).diff(dim=1)
+            gram = dG.T @ dG
+            lam = max(regularization, 10 * torch.finfo(y.dtype).eps) * gram.trace()
+            gamma = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=y.dtype),
+                                       dG.T @ gs[-1])
+            y = fs[-1] - dF @ gamma
+        f = T(y, theta)
+        fs, gs = [*fs, f][-(memory + 1):], [*gs, y - f][-(memory + 1):]
+    return y
+
+
+@pytest.mark.parametrize("memory", [1, 2, 5])
+def test_anderson_iterates_match_the_textbook_recursion(memory):
+    """The ring buffer of differences gives the same iterates as re-stacking the history
+    (8 steps: the buffer wraps around for memory < 8)."""
+    solver = FixedPoint(T, method="anderson", memory=memory, maxiter=8, tol=1e-300)
+    with pytest.warns(bilevel.ConvergenceWarning):
+        y = solver.run(theta0(), zeros(N))
+    ref = anderson_by_the_book(zeros(N), theta0(), memory, 8, solver.regularization)
+    assert solver.info.iterations == 8
+    assert torch.allclose(y, ref, rtol=0, atol=1e-12)
+    assert float((ref - reference()).abs().max()) > 1e-8  # not yet converged: a real check
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_batched_equals_per_item_loop(method):
     thetas = _data()[3]
