@@ -73,7 +73,7 @@ class ImplicitGD:
                     "and n_outer; or use batch_size=None (the full outer loss)"
                 )
             extra["outer_sampler"] = MinibatchSampler(
-                problem.n_outer, self.batch_size, mode=self.sampling,
+                problem.n_outer, min(self.batch_size, max(problem.n_outer, 1)), mode=self.sampling,
                 seed=stream_seed(self.seed, OUTER_STREAM), device=theta.device)
         y = problem.y0.detach().clone().to(theta.device)
         return OuterState(theta, y, extra=extra)

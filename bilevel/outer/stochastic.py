@@ -120,7 +120,8 @@ class StochasticMethod:
                                       INNER_STREAM),
                                      ("outer_sampler", problem.n_outer, self.outer_batch_size,
                                       OUTER_STREAM)):
-            if size is not None:
+            if size is not None:  # a batch larger than the data is all of it, reshuffled
+                size = min(size, n) if n > 0 else size
                 extra[key] = MinibatchSampler(n, size, mode=self.sampling,
                                               seed=stream_seed(self.seed, stream), device=device)
 
