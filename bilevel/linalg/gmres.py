@@ -34,6 +34,12 @@ from bilevel.linalg.base import (
 )
 
 
+def _normalized(w: Tensor, norm: Tensor) -> Tensor:
+    """``w_i / ‖w_i‖`` per row, and 0 for rows whose norm is 0 or non-finite (a breakdown)."""
+    inverse = torch.where(norm > 0, norm, torch.inf).reciprocal()
+    return torch.nan_to_num(w * inverse[:, None], nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _cycle(
     matvec: MatVec, r: Tensor, beta: Tensor, threshold: Tensor, active: Tensor, steps: int
 ) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -79,7 +85,7 @@ def _cycle(
         h2 = torch.bmm(w, v.transpose(1, 2))  # second Gram–Schmidt pass
         w = torch.baddbmm(w, h2, v, alpha=-1)[:, 0]
         hnorm = row_norm(w)
-        basis[:, j + 1] = ratio(w, hnorm[:, None].expand_as(w))[0]
+        basis[:, j + 1] = _normalized(w, hnorm)
         col = torch.cat([(h + h2)[:, 0], hnorm[:, None]], dim=1)  # Hessenberg column j
         col = torch.bmm(col[:, None, :], rotations[:, : j + 2, : j + 2].transpose(1, 2))[:, 0]
         diag = torch.hypot(col[:, j], col[:, j + 1])
@@ -87,11 +93,9 @@ def _cycle(
         ok = ok[0]
         rmat[:, :j, j] = col[:, :j]
         rmat[:, j, j] = diag
-        top, bottom = rotations[:, j, : j + 2].clone(), rotations[:, j + 1, : j + 2].clone()
-        rotations[:, j, : j + 2] = c[:, None] * top + s[:, None] * bottom
-        rotations[:, j + 1, : j + 2] = c[:, None] * bottom - s[:, None] * top
-        g[:, j + 1] = -s * g[:, j]
-        g[:, j] = c * g[:, j]
+        givens = torch.stack([c, s, -s, c], dim=1).view(m, 2, 2)  # G_j on coordinates j, j+1
+        rotations[:, j : j + 2, : j + 2] = torch.bmm(givens, rotations[:, j : j + 2, : j + 2])
+        g[:, j : j + 2] = givens[:, :, 0] * g[:, j, None]  # (c g_j, −s g_j)
 
         step = active & ok
         broken |= active & ~ok
