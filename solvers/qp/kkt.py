@@ -128,5 +128,47 @@ def kkt_structure(y: Tensor, theta: QPParams | tuple[Tensor, ...]) -> Structure:
 
 
 def _mv(M: Tensor, v: Tensor) -> Tensor:
-    """Batched matrix-vector product ``M v`` with broadcasting of leading dimensions."""
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    """Batched matrix-vector product ``M v`` with broadcasting of leading dimensions.
+
+    Differentiable in both. The ``v``-derivative goes through :class:`_MatVec`, whose vmap rule
+    turns many vectors at once into one matrix-matrix product; the ``M``-derivative through a
+    term of value exactly zero, ``M v̄ − (M v̄)`` with ``v̄`` detached. Why: the engine
+    materialises ``∂yH`` by vmapping a VJP over one-hot vectors, and the batching rule of a plain
+    ``M @ v`` then copies ``M`` once per vector (measured: 7.8 s instead of 0.09 s for 150
+    vectors through 128 matrices 100×100)."""
+    out = _MatVec.apply(M.detach(), v)
+    mv = (M @ v.detach().unsqueeze(-1)).squeeze(-1)
+    return out + (mv - mv.detach())
+
+
+class _MatVec(torch.autograd.Function):
+    """``v ↦ M v`` for a constant ``M`` (``(…, a, b)``, ``v`` ``(…, b)``), with a vmap rule that
+    folds vmapped vectors into the rows of one batched GEMM."""
+
+    @staticmethod
+    def forward(M: Tensor, v: Tensor) -> Tensor:
+        return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[no-untyped-def]
+        (M,) = ctx.saved_tensors
+        return None, _MatVec.apply(M.mT, grad)
+
+    @staticmethod
+    def jvp(ctx, M_dot: Tensor | None, v_dot: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+        (M,) = ctx.saved_tensors
+        return _MatVec.apply(M, v_dot)
+
+    @staticmethod
+    def vmap(info, in_dims, M: Tensor, v: Tensor) -> tuple[Tensor, int]:  # type: ignore[no-untyped-def]
+        dim_M, dim_v = in_dims
+        if dim_M is not None or dim_v is None:  # M itself vmapped: plain broadcasting
+            M = M.movedim(dim_M, 0) if dim_M is not None else M.unsqueeze(0)
+            v = v.movedim(dim_v, 0) if dim_v is not None else v.unsqueeze(0)
+            return (M @ v.unsqueeze(-1)).squeeze(-1), 0
+        rows = v.movedim(dim_v, -2)  # (…, V, b): the vmapped vectors as rows
+        return (rows @ M.mT).movedim(-2, 0), 0

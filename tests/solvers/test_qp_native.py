@@ -370,3 +370,24 @@ def test_tangent_hint_solves_the_kkt_tangent_system():
     y_dot = solver.solve_tangent(y, theta, r)
     lin = Linearization(kkt_mapping, y, theta, 1)
     assert float((lin.matvec(lin.flat(y_dot)) - lin.flat(r)).abs().max()) <= 1e-11  # B ẏ = r
+
+
+def test_forward_mode_matches_central_differences_and_reverse_mode():
+    """``torch.func.jvp`` through ``implicit_solve`` (every θ, Q included) against central
+    differences, and ⟨w, ẏ⟩ = Σ ⟨∂θ⟨w, y⟩, θ̇⟩ against reverse mode."""
+    theta = random_qp(seed=3)
+    gen = torch.Generator().manual_seed(4)
+    dirs = [torch.randn(t.shape, generator=gen, dtype=F64) for t in theta]
+    dirs[0] = (dirs[0] + dirs[0].mT) / 2
+    y, y_dot = torch.func.jvp(lambda *ts: bilevel.implicit_solve(NativeQP(), ts), theta,
+                              tuple(dirs))
+    h = 1e-6
+    plus = NativeQP().run(tuple(t + h * d for t, d in zip(theta, dirs, strict=True)))
+    minus = NativeQP().run(tuple(t - h * d for t, d in zip(theta, dirs, strict=True)))
+    fd = (plus - minus) / (2 * h)
+    assert float((y_dot - fd).abs().max()) <= 1e-6 * float(fd.abs().max())
+    leaves = [t.clone().requires_grad_(True) for t in theta]
+    w = torch.randn(y.shape, generator=gen, dtype=F64)
+    (bilevel.implicit_solve(NativeQP(), tuple(leaves)) * w).sum().backward()
+    reverse = sum(float((t.grad * d).sum()) for t, d in zip(leaves, dirs, strict=True))
+    assert abs(reverse - float((w * y_dot).sum())) <= 1e-9 * abs(reverse)
