@@ -290,12 +290,12 @@ class _State:
             return f
         dg, df = self.dg[:, : self.filled], self.df[:, : self.filled]  # (nb, m, n) views
         gram = torch.bmm(dg, dg.transpose(1, 2))  # (nb, m, m)
-        rhs = torch.bmm(dg, g[:, :, None])  # (nb, m, 1)
+        rhs = torch.bmm(g[:, None, :], dg.transpose(1, 2)).transpose(1, 2)  # (nb, m, 1)
         finfo = torch.finfo(g.dtype)
         diagonal = gram.diagonal(dim1=1, dim2=2)
         lam = max(self.regularization, 10 * finfo.eps) * diagonal.sum(-1) + finfo.tiny
         diagonal.add_(lam[:, None])
-        gamma = torch.linalg.solve(gram, rhs)  # (nb, m, 1)
+        gamma = torch.linalg.solve_ex(gram, rhs)[0]  # (nb, m, 1); SPD after the shift
         return torch.baddbmm(f[:, None, :], gamma.transpose(1, 2), df, alpha=-1)[:, 0]
 
     def broyden_apply(self, x: Tensor, transpose: bool = False) -> Tensor:
