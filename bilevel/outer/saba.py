@@ -78,6 +78,9 @@ class SABA(StochasticMethod):
                 state.extra[f"{side}_memory_{term}"] = like.new_zeros((n_blocks, *like.shape))
                 state.extra[f"{side}_average_{term}"] = torch.zeros_like(like)
 
+    def curvature_batch(self, state: OuterState) -> Tensor | None:
+        return _draw(state, "inner")[1]
+
     def step(self, problem: BilevelProblem, state: OuterState) -> dict[str, Any]:
         self.refresh_curvature(problem, state)
         g, f = problem.inner_loss, problem.outer_loss

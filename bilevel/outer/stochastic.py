@@ -8,14 +8,17 @@ Every method built on :class:`StochasticMethod` keeps its whole state in the
   with independent generators (absent when the batch size is ``None``: full batch);
 - ``"v"``: the linear-system variable ``v ≈ (∇²_yy g)⁻¹ ∇_y f`` (warm-started);
 - ``"lipschitz"`` and ``"curvature_vector"``: the curvature estimate ``L ≈ λ_max(∇²_yy g)``
-  and its eigenvector estimate (:mod:`bilevel.outer.curvature`), refreshed every
-  ``curvature_every`` steps;
+  and its eigenvector estimate (:mod:`bilevel.outer.curvature`): full batch at init, then
+  refreshed every ``curvature_every`` steps by 2 warm-started power iterations on an inner
+  minibatch (about one extra step's cost per ``curvature_every`` steps);
+- ``"optimizer"``: the ``torch.optim`` optimizer that moves θ along the hypergradient
+  estimate ``D_θ`` (``"sgd"``: the papers' ``θ ← θ − γ_k D_θ``; ``"adam"``: scale-free);
 
 plus what a method adds. Step sizes: the inner (and linear-system) step is
-``ρ_k = inner_lr / L / (k + 1)^inner_decay`` (scale-free: ``inner_lr`` is a fraction of the
-stability limit ``2 / L``), the outer step is ``γ_k = outer_lr / (k + 1)^outer_decay``
-(:class:`~bilevel.outer.schedules.StepSize`, which checks the Robbins–Monro conditions). θ is
-projected on ``problem.bounds`` after every step.
+``ρ_k = inner_lr / L / (k + 1)^inner_decay`` (scale-free: ``inner_lr`` is a fraction of ``1/L``,
+and gradient descent is stable below ``2/L``), the outer step is
+``γ_k = outer_lr / (k + 1)^outer_decay`` (:class:`~bilevel.outer.schedules.StepSize`, which
+checks the Robbins–Monro conditions). θ is projected on ``problem.bounds`` after every step.
 
 The ``outer_value`` of a row is the minibatch outer loss ``f(y_k, θ_k, J)`` at the current inner
 iterate (the full outer loss when the outer batch is ``None``), not ``h(θ_k)``: an exact value
@@ -25,7 +28,6 @@ to monitor convergence.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor
 
 from bilevel.outer.base import BilevelProblem, OuterState
-from bilevel.outer.curvature import power_iteration
+from bilevel.outer.curvature import power_iteration, tracked
 from bilevel.outer.optim import bind, check_optimizer, make_optimizer, set_lr
 from bilevel.outer.oracles import Loss, require_losses
 from bilevel.outer.sampling import MODES, MinibatchSampler, stream_seed
@@ -59,10 +61,9 @@ class StochasticMethod:
         outer_batch_size: outer samples per minibatch (``None``: all).
         sampling: a mode of :class:`~bilevel.outer.sampling.MinibatchSampler`.
         seed: seeds the samplers' generators (one independent stream each).
-        curvature_every: refresh ``L`` every this many steps (0: once per inner epoch,
-            at least every 20 steps apart).
-        power_iters: power iterations of the first curvature estimate (refreshes use 3,
-            warm-started).
+        curvature_every: refresh ``L`` every this many steps (0: never; ``L`` moves with θ,
+            so a stale ``L`` can make the inner iterates diverge).
+        power_iters: power iterations of the first (full-batch) curvature estimate.
     """
 
     inner_lr: float = 0.5
@@ -74,7 +75,7 @@ class StochasticMethod:
     outer_batch_size: int | None = 64
     sampling: str = "shuffle"
     seed: int = 0
-    curvature_every: int = 0
+    curvature_every: int = 10
     power_iters: int = 10
     name: str = "stochastic"
 
@@ -139,16 +140,20 @@ class StochasticMethod:
         return None if sampler is None else sampler()
 
     def refresh_curvature(self, problem: BilevelProblem, state: OuterState) -> None:
-        """Re-estimate ``L`` at the current point every ``curvature_every`` steps."""
+        """Every ``curvature_every`` steps: 2 power iterations on an inner minibatch at the
+        current point, warm-started; ``L`` updated by :func:`~bilevel.outer.curvature.tracked`."""
         every = self.curvature_every
-        if every == 0:
-            epoch = 1 if self.batch_size is None else math.ceil(problem.n_inner / self.batch_size)
-            every = max(epoch, 20)
-        if state.step == 0 or state.step % every:
+        if every == 0 or state.step == 0 or state.step % every:
             return
         g: Loss = problem.inner_loss  # type: ignore[assignment]
-        state.extra["lipschitz"], state.extra["curvature_vector"] = power_iteration(
-            g, state.y, state.theta, state.extra["curvature_vector"], 3)
+        estimate, state.extra["curvature_vector"] = power_iteration(
+            g, state.y, state.theta, state.extra["curvature_vector"], 2,
+            self.curvature_batch(state))
+        state.extra["lipschitz"] = tracked(state.extra["lipschitz"], estimate)
+
+    def curvature_batch(self, state: OuterState) -> Tensor | None:
+        """The inner samples of a curvature refresh (a fresh inner minibatch)."""
+        return self.inner_batch(state)
 
     def inner_step(self, state: OuterState) -> float:
         """``ρ_k = inner_lr / L / (k + 1)^inner_decay``."""

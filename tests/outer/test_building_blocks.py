@@ -168,3 +168,33 @@ def test_power_iteration_rejects_a_concave_inner_problem():
     with pytest.raises(ValueError, match="strongly convex"):
         power_iteration(lambda y, t, idx: -(y * y).sum(), torch.zeros(3, dtype=F64),
                         torch.zeros(1, dtype=F64), torch.ones(3, dtype=F64), 5)
+
+
+def test_curvature_refresh_follows_theta():
+    """g = ½ e^θ ‖y‖² − Σy: ∇²_yy g = e^θ I. L follows a growing e^θ at the next refresh and
+    shrinks at most by half per refresh."""
+    from bilevel.outer import SOBA, BilevelProblem
+
+    def g(y, theta, idx=None):
+        return 0.5 * theta.exp().sum() * (y * y).sum() - y.sum()
+
+    def f(y, theta, idx=None):
+        return 0.5 * (y * y).sum()
+
+    problem = BilevelProblem(inner=None, outer=lambda y, t: f(y, t), theta0=torch.zeros(1,
+                             dtype=F64), y0=torch.zeros(4, dtype=F64), inner_loss=g,
+                             outer_loss=f)
+    method = SOBA(batch_size=None, outer_batch_size=None, curvature_every=5)
+    state = method.init(problem)
+    assert state.extra["lipschitz"] == pytest.approx(1.0, rel=1e-12)
+    state.theta.fill_(3.0)
+    state.step = 4
+    method.refresh_curvature(problem, state)  # not a refresh step
+    assert state.extra["lipschitz"] == pytest.approx(1.0, rel=1e-12)
+    state.step = 5
+    method.refresh_curvature(problem, state)
+    assert state.extra["lipschitz"] == pytest.approx(np.exp(3.0), rel=1e-12)
+    state.theta.fill_(-3.0)
+    state.step = 10
+    method.refresh_curvature(problem, state)
+    assert state.extra["lipschitz"] == pytest.approx(np.exp(3.0) / 2, rel=1e-12)
