@@ -11,11 +11,18 @@ from tasks.network import NetworkTask
 
 
 def test_forward_is_a_fixed_point_of_the_cell():
-    task_model = deq.DEQClassifier(width=16, w_scale=0.5, tol=1e-10, maxiter=200).double()
+    task_model = deq.DEQClassifier(width=16, contraction=0.9, tol=1e-10, maxiter=200).double()
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     z = task_model.deq(x)
     cell = task_model.deq.f
     assert float((z - cell(z, x)).detach().abs().max()) <= 1e-9
+    # γ-contraction in z, whatever W is
+    with torch.no_grad():
+        cell.W.weight.mul_(100.0)
+        z1, z2 = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1),
+                             dtype=torch.float64)
+        ratio = (cell(z1, x) - cell(z2, x)).norm(dim=-1) / (z1 - z2).norm(dim=-1)
+    assert float(ratio.max()) <= 0.9
 
 
 @pytest.mark.slow  # minutes on the shared 2-core machine: trains two networks
