@@ -88,7 +88,8 @@ class OuterResult:
         theta: the best iterate (lowest finite outer value seen).
         y: the inner solution at ``theta`` (methods leave ``state.y = y*(θ before the step)``).
         history: one metrics row per step (those before a resume included).
-        status: ``"converged"``, ``"max_steps"``, ``"diverged"`` (NaN/Inf in θ, y or a loss,
+        status: ``"converged"``, ``"max_steps"``, ``"stalled"`` (the method's row said
+            ``stalled``: e.g. a line search found no decrease), ``"diverged"`` (NaN/Inf in θ, y or a loss,
             or a :class:`~solvers.base.DivergenceError` from the inner solver), ``"failed"``
             (another exception; in ``error``) or ``"interrupted"`` (KeyboardInterrupt).
         message: why the loop stopped (naming the step).
@@ -166,7 +167,7 @@ def run_outer(
                 warnings.warn(f"resume: no checkpoint at {checkpoint} yet; starting at step 0",
                               CheckpointWarning, stacklevel=2)
             remove_checkpoints(checkpoint)
-    if record.status != "converged" and len(record.history) < steps:
+    if record.status not in ("converged", "stalled") and len(record.history) < steps:
         _loop(method, problem, state, record, steps, gtol, on_step, checkpoint,
               checkpoint_every, checkpoint_tag)
     theta = state.theta.detach().clone() if record.best_theta is None else record.best_theta
@@ -218,6 +219,12 @@ def _loop(method: OuterMethod, problem: BilevelProblem, state: OuterState, recor
         if row["outer_value"] < record.best_value:
             record.best_value = row["outer_value"]
             record.best_theta, record.best_y = theta_before, state.y.detach().clone()
+        if row.get("stalled", 0):
+            record.status = "stalled"
+            record.message = (f"no progress at step {step}: the line search found no decrease "
+                              "(θ optimal to working precision, or an inexact hypergradient: "
+                              "tighten the inner tol)")
+            break
         if gtol > 0 and row.get("hypergrad_norm", math.inf) <= gtol:
             record.status = "converged"
             record.message = f"hypergradient norm ≤ {gtol:g} at step {step}"
@@ -231,7 +238,7 @@ def _loop(method: OuterMethod, problem: BilevelProblem, state: OuterState, recor
     record.elapsed_s = time.perf_counter() - start
     # A step cut short by an exception may have left the state half-updated: then the last
     # periodic checkpoint stays the one to resume from.
-    if checkpoint is not None and record.status in ("max_steps", "converged"):
+    if checkpoint is not None and record.status in ("max_steps", "converged", "stalled"):
         save_checkpoint(checkpoint, state, record, tag=tag)
 
 

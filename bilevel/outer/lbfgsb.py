@@ -13,6 +13,8 @@ solves the inner problem (warm-started at the last accepted ``y*``) and returns 
 3. *Projected backtracking*: ``θ(t) = Π_box(θ + t d)`` for ``t = 1, ½, ¼, …`` (the first step
    is scaled to move θ by at most ``first_step`` in ∞-norm), accepted when
    ``h(θ(t)) ≤ h(θ) + c₁ ∇h(θ)ᵀ(θ(t) − θ)`` (Armijo along the projection arc).
+   When no step length decreases h, the row carries ``stalled = 1`` and
+   :func:`~bilevel.outer.base.run_outer` stops (status ``"stalled"``).
 4. The pair is kept when ``sᵀr > 10⁻¹⁰ ‖s‖ ‖r‖`` (curvature condition; skipped otherwise).
 
 The row holds θ_k (before the step), ``outer_value = h(θ_k)`` (exact) and ``hypergrad_norm``
@@ -59,7 +61,7 @@ class BoundedLBFGS:
 
     memory: int = 10
     first_step: float = 1.0
-    max_backtracks: int = 30
+    max_backtracks: int = 20
     adjoint: ImplicitAdjoint = field(default_factory=ImplicitAdjoint)
     name: str = "lbfgsb"
 
@@ -120,10 +122,10 @@ class BoundedLBFGS:
             if math.isfinite(new_value) and new_value <= value + _ARMIJO * decrease:
                 break
             t *= 0.5
-        else:
-            row["line_search_failed"] = 1.0
+        else:  # θ unchanged: h is flat to rounding along d (optimal to working precision)
+            row["stalled"] = 1.0  # run_outer stops here
             state.step += 1
-            return row  # θ unchanged; the projected-gradient norm tells whether it is optimal
+            return row
         s, r = (candidate - theta).flatten(), (new_grad - grad).flatten()
         if float(s @ r) > _CURVATURE * float(s.norm() * r.norm()):
             extra["s"] = (extra["s"] + [s])[-self.memory:]
