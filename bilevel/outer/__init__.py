@@ -2,7 +2,8 @@
 
 Hypergradient descent with a ``torch.optim`` optimizer: :class:`ImplicitGD` (exact inner solve,
 implicit hypergradient; deterministic or outer minibatches) and :class:`Unrolled` (ITD and
-truncated backprop). Stochastic joint / two-loop methods on minibatches: :class:`SOBA`,
+truncated backprop); :class:`BoundedLBFGS` (projected L-BFGS on the box with implicit
+hypergradients). Stochastic joint / two-loop methods on minibatches: :class:`SOBA`,
 :class:`SABA` (variance-reduced), :class:`AmIGO`, :class:`StocBiO`, :class:`TTSA`. Shared
 pieces: :class:`StepSize` schedules (Robbins–Monro checked), :class:`MinibatchSampler`.
 """
@@ -10,6 +11,7 @@ pieces: :class:`StepSize` schedules (Robbins–Monro checked), :class:`Minibatch
 from bilevel.outer.amigo import AmIGO
 from bilevel.outer.base import BilevelProblem, OuterResult, OuterState, run_outer
 from bilevel.outer.implicit import ImplicitGD
+from bilevel.outer.lbfgsb import BoundedLBFGS
 from bilevel.outer.saba import SABA
 from bilevel.outer.sampling import MinibatchSampler
 from bilevel.outer.schedules import StepSize, StepSizeWarning
@@ -24,6 +26,7 @@ __all__ = [
     "TTSA",
     "AmIGO",
     "BilevelProblem",
+    "BoundedLBFGS",
     "ImplicitGD",
     "MinibatchSampler",
     "OuterResult",
