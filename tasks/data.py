@@ -416,3 +416,25 @@ def to_tensors(splits: Splits, dtype: torch.dtype, device: str | torch.device,
         tensor(splits.y_train - y_offset), tensor(splits.y_val - y_offset),
         tensor(splits.y_test - y_offset),
     )
+
+
+def group_shift(n_samples: int = 4000, minority_fraction: float = 0.1, n_noise: int = 3,
+                spurious_noise: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binary classification with a minority group on which a spurious feature flips.
+
+    Labels ``y = ±1`` (equiprobable); group ``g = 1`` (minority) with probability
+    ``minority_fraction``, else 0. Features: a core feature ``y + N(0, 1)`` (same in both
+    groups), a spurious feature ``s_g·y + N(0, spurious_noise²)`` with ``s_0 = +1``,
+    ``s_1 = −1`` (as predictive as the core one on the majority at ``spurious_noise = 1``,
+    misleading on the minority), and
+    ``n_noise`` pure-noise features. Returns ``(X, y, g)``.
+    """
+    if not 0 < minority_fraction < 0.5:
+        raise ValueError(f"minority_fraction must be in (0, 0.5), got {minority_fraction}")
+    rng = np.random.default_rng(seed)
+    y = rng.choice([-1.0, 1.0], size=n_samples)
+    g = (rng.random(n_samples) < minority_fraction).astype(np.int64)
+    core = y + rng.standard_normal(n_samples)
+    spurious = np.where(g == 1, -y, y) + spurious_noise * rng.standard_normal(n_samples)
+    X = np.column_stack([core, spurious, rng.standard_normal((n_samples, n_noise))])
+    return X, y, g
