@@ -355,12 +355,21 @@ class NativeQP:
         solved = self.status.reshape(-1)[index] == SOLVED
         items = index[solved]
         if items.numel():
-            inactive = kkt_structure(y_flat[items], _Data.of(P, P.batch_shape()).take(items)
-                                     .params()).inactive
             n, p = P.sizes[0], P.sizes[1]
+            batch = P.batch_shape()
+
+            def flat(t: Tensor, trailing: int) -> Tensor:  # the rows of ``items`` (or shared)
+                core = t.shape[t.ndim - trailing:]
+                if all(d == 1 for d in t.shape[:t.ndim - trailing]):
+                    return t.reshape(1, *core)
+                return t.expand(*batch, *core).reshape(-1, *core)[items]
+
+            z, lam = y_flat[items, :n], y_flat[items, n + p:]
+            slack = flat(P.h, 1) - _mv(flat(P.G, 2), z)
+            inactive = lam - slack <= 0  # as in kkt_structure
             sub = dual.DualQP(*(t if t.shape[0] == 1 else t[solved] for t in red[:5]), red.p)
             rhs64 = rhs_flat[items].to(red.c.dtype)
-            sol = solve(sub, inactive[:, n + p:], rhs64)
+            sol = solve(sub, inactive, rhs64)
             if not bool(torch.isfinite(sol).all()):
                 return None
             out[items] = sol.to(out.dtype)
@@ -441,7 +450,11 @@ class _Data(NamedTuple):
                      flat(P.b, 1), B)
 
     def take(self, index: Tensor) -> _Data:
-        """The items ``index`` (shared parameters stay shared)."""
+        """The items ``index`` (shared parameters stay shared; all items in order: no copy)."""
+        if index.numel() == self.B and bool(
+                (index == torch.arange(self.B, device=index.device)).all()):
+            return self
+
         def pick(t: Tensor) -> Tensor:
             return t if t.shape[0] == 1 else t[index]
 

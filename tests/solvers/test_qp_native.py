@@ -391,3 +391,17 @@ def test_forward_mode_matches_central_differences_and_reverse_mode():
     (bilevel.implicit_solve(NativeQP(), tuple(leaves)) * w).sum().backward()
     reverse = sum(float((t.grad * d).sum()) for t, d in zip(leaves, dirs, strict=True))
     assert abs(reverse - float((w * y_dot).sum())) <= 1e-9 * abs(reverse)
+
+
+def test_adjoint_hint_with_parameters_shared_over_the_batch():
+    """One Q, G, h, A, b for every item, q per item: the hint broadcasts the shared data."""
+    from bilevel.linearization import Linearization
+
+    Q, q, G, h, A, b = random_qp(seed=2)
+    theta = (Q[0], q, G[0], h[0], A[0], b[0])
+    solver = NativeQP()
+    y = solver.run(theta)
+    v = torch.randn(y.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
+    u = solver.solve_adjoint(y, theta, v)
+    lin = Linearization(kkt_mapping, y, theta, 1)
+    assert float((lin.rmatvec_y(u) + v).abs().max()) <= 1e-11
