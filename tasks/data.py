@@ -419,7 +419,8 @@ def to_tensors(splits: Splits, dtype: torch.dtype, device: str | torch.device,
 
 
 def group_shift(n_samples: int = 4000, minority_fraction: float = 0.1, n_noise: int = 3,
-                spurious_noise: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                spurious_noise: float = 1.0,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Binary classification with a minority group on which a spurious feature flips.
 
     Labels ``y = ±1`` (equiprobable); group ``g = 1`` (minority) with probability

@@ -21,7 +21,9 @@ Baseline: the naive model (sklearn ``LogisticRegression``, multinomial, ``C = 1/
 The ℓ2 weight ``c``: benchopt's MNIST setting is c = 0.2, but on standardised digits that strong
 a penalty nearly hides the corruption (sklearn, p = 0.5: naive 12.6% / oracle 9.3% test error);
 at c = 1e-3 the naive model is at 20.9% and the oracle at 4.0%. The default ``c = 1e-2`` was
-chosen by measuring the task itself (see the engineer's report / BENCHMARKS.md).
+chosen by measuring this task (seed 0, p = 0.5, 30 Adam steps): test error 6.9% against naive
+11.3% and oracle 5.8%, F1 of the flags 0.94; at c = 1e-3 the inner problem is so ill
+conditioned that 30 steps did not finish within 15 minutes on the shared 2-core machine.
 """
 
 from __future__ import annotations

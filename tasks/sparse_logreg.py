@@ -38,7 +38,6 @@ from solvers import models
 from tasks import data
 from tasks.base import Task, resolve_dtype
 
-
 INTERCEPT_SCALING = 100.0
 DEFAULT_DATA = {"n_samples": 2000, "n_features": 200}
 

@@ -54,3 +54,20 @@ def test_weights_beat_the_naive_model_at_p_half_on_digits():
     assert ours < naive, (ours, naive)  # measured: 6.9% vs 11.3% (oracle 5.8%)
     assert extras["f1_flagged"] > 0.8  # measured: 0.94
     assert extras["oracle_test_error"] < naive
+
+
+def test_yaml_composes_and_matches_the_build_defaults():
+    import inspect
+    from pathlib import Path
+
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(
+        Path(__file__).parents[2] / "conf" / "task" / "datacleaning.yaml"))
+    builder = get_method(cfg.pop("_target_"))
+    defaults = {k: v.default for k, v in inspect.signature(builder).parameters.items()}
+    for key, value in cfg.items():
+        assert key in defaults, f"datacleaning.yaml: {key} is not an argument of build()"
+        if not (key == "data_options" and defaults[key] is None):
+            assert value == defaults[key], (key, value, defaults[key])

@@ -81,3 +81,20 @@ def test_bad_penalties_are_errors():
         build(ridge=-1.0)
     with pytest.raises(ValueError, match="level"):
         build(level="cluster")
+
+
+def test_yaml_composes_and_matches_the_build_defaults():
+    import inspect
+    from pathlib import Path
+
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(
+        Path(__file__).parents[2] / "conf" / "task" / "dro.yaml"))
+    builder = get_method(cfg.pop("_target_"))
+    defaults = {k: v.default for k, v in inspect.signature(builder).parameters.items()}
+    for key, value in cfg.items():
+        assert key in defaults, f"dro.yaml: {key} is not an argument of build()"
+        if not (key == "data_options" and defaults[key] is None):
+            assert value == defaults[key], (key, value, defaults[key])

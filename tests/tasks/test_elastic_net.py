@@ -28,3 +28,20 @@ def test_tuned_hyperparameters_beat_elasticnetcv_on_the_default_split():
     ours = task.test_metric(result.theta, result.y)
     baseline, _ = task.baseline()
     assert ours <= baseline, (ours, baseline)  # measured on diabetes: 3092 vs 3193
+
+
+def test_yaml_composes_and_matches_the_build_defaults():
+    import inspect
+    from pathlib import Path
+
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(
+        Path(__file__).parents[2] / "conf" / "task" / "elastic_net.yaml"))
+    builder = get_method(cfg.pop("_target_"))
+    defaults = {k: v.default for k, v in inspect.signature(builder).parameters.items()}
+    for key, value in cfg.items():
+        assert key in defaults, f"elastic_net.yaml: {key} is not an argument of build()"
+        if not (key == "data_options" and defaults[key] is None):
+            assert value == defaults[key], (key, value, defaults[key])

@@ -33,3 +33,20 @@ def test_tuned_weights_beat_lassocv_on_the_default_split():
     baseline, _ = task.baseline()
     assert ours <= baseline, (ours, baseline)  # measured: 0.308 vs 0.317
     assert task.extra_metrics(result.theta, result.y)["n_nonzero"] < 20  # 10 true features
+
+
+def test_yaml_composes_and_matches_the_build_defaults():
+    import inspect
+    from pathlib import Path
+
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(
+        Path(__file__).parents[2] / "conf" / "task" / "weighted_lasso.yaml"))
+    builder = get_method(cfg.pop("_target_"))
+    defaults = {k: v.default for k, v in inspect.signature(builder).parameters.items()}
+    for key, value in cfg.items():
+        assert key in defaults, f"weighted_lasso.yaml: {key} is not an argument of build()"
+        if not (key == "data_options" and defaults[key] is None):
+            assert value == defaults[key], (key, value, defaults[key])
