@@ -38,7 +38,7 @@ from torch import Tensor
 
 from bilevel.errors import AdjointFallbackWarning, SingularJacobianError
 from bilevel.linalg import ITERATIVE, LinearSolveInfo, dense_solve, reciprocal_condition
-from bilevel.linalg.base import MatVec
+from bilevel.linalg.base import MatVec, make_info, relative_residual
 from bilevel.linearization import Linearization
 from solvers.base import SolveInfo
 
@@ -138,6 +138,24 @@ class ImplicitAdjoint:
         r_inactive = torch.where(active, torch.zeros_like(r), r)
         rhs = torch.where(active, r - lin.matvec(r_inactive), torch.zeros_like(r))
         return self._solve(lin, rhs, active, symmetric, transpose=False) + r_inactive
+
+    def checked(self, lin: Linearization, x: Tensor, rhs: Tensor, transpose: bool
+                ) -> Tensor | None:
+        """Accept a solution the inner solver computed itself (``solve_adjoint`` /
+        ``solve_tangent``: e.g. from the factorisations of its last run) when its true
+        relative residual ``‖rhs − Bᵀx‖/‖rhs‖`` (``B x`` in forward mode) meets ``tol``, row by
+        row; else ``None`` and the engine solves the system itself. Costs one product with
+        ``B``. Only under ``linear_solver="auto"`` without ridge (an explicit choice wins)."""
+        if self.linear_solver != "auto" or self.ridge > 0 or x.shape != rhs.shape:
+            return None
+        product = lin.rmatvec_y if transpose else lin.matvec
+        tol = self._tol(rhs)
+        info = make_info("solver", 0, relative_residual(product, x, rhs), tol)
+        if not info.converged:
+            return None
+        self.report.full_size = self.report.restricted_size = lin.m * lin.k
+        self.report.linear_solver, self.report.linear, self.report.rcond = "solver", info, None
+        return x
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -137,8 +137,11 @@ class _ImplicitProblem:
         lin = self.linearize()
         symmetric = self.structure.symmetric
         if self.index is None:
-            u = self.adjoint.reverse(lin, lin.flat(grad_y), self.structure.inactive, symmetric,
-                                     self.preconditioner)
+            v = lin.flat(grad_y)
+            u = self._solver_solution("solve_adjoint", lin, grad_y, -v, transpose=True)
+            if u is None:
+                u = self.adjoint.reverse(lin, v, self.structure.inactive, symmetric,
+                                         self.preconditioner)
             return lin.rmatvec_theta(u)
         if self.index.numel() == 0:  # y* locally constant
             return tuple(torch.zeros_like(t) for t in self.thetas)
@@ -152,8 +155,12 @@ class _ImplicitProblem:
         symmetric = self.structure.symmetric
         if self.index is None:
             r = -lin.matvec(None, theta_dots)
-            return lin.unflat(self.adjoint.forward(lin, r, self.structure.inactive, symmetric,
-                                                   self.preconditioner))
+            y_dot = self._solver_solution("solve_tangent", lin, lin.unflat(r), r,
+                                          transpose=False)
+            if y_dot is None:
+                y_dot = self.adjoint.forward(lin, r, self.structure.inactive, symmetric,
+                                             self.preconditioner)
+            return lin.unflat(y_dot)
         y_dot = torch.zeros_like(self.y).flatten()
         if self.index.numel():
             r = -lin.matvec(None, theta_dots)
@@ -161,6 +168,20 @@ class _ImplicitProblem:
                                                      self.preconditioner).flatten()
             self.adjoint.report.full_size = self.y.numel()
         return y_dot.reshape(self.y.shape)
+
+
+    def _solver_solution(self, hint: str, lin: Linearization, arg: Tensor, rhs: Tensor,
+                         transpose: bool) -> Tensor | None:
+        """The solver's own solution of the linear system (its optional ``solve_adjoint(y, θ,
+        v) -> u`` with ``Bᵀu = −v``, or ``solve_tangent(y, θ, r) -> ẏ`` with ``B ẏ = r``),
+        in the ``(m, k)`` layout, once the adjoint checked its residual; else ``None``."""
+        solve = getattr(self.solver, hint, None)
+        if solve is None:
+            return None
+        x = solve(self.y, self.theta_arg(self.thetas), arg)
+        if x is None:
+            return None
+        return self.adjoint.checked(lin, lin.flat(x), rhs, transpose)
 
 
 class _Implicit(torch.autograd.Function):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 
 def momentum(x: Tensor, x_new: Tensor, y: Tensor, t: float) -> tuple[Tensor, float]:
     """Return the next extrapolated point and momentum parameter ``(y⁺, t⁺)``."""
-    if float(((y - x_new) * (x_new - x)).sum()) > 0:
+    if float(torch.vdot((y - x_new).flatten(), (x_new - x).flatten())) > 0:
         t = 1.0
     t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
     return x_new + ((t - 1) / t_next) * (x_new - x), t_next
