@@ -214,7 +214,7 @@ def main() -> None:
         progress(f"{name}: {args.seeds} seeds × {args.budget:g} s")
         per_seed, statuses, seed0 = [], [], None
         for seed in range(args.seeds):
-            trace, status = run_stochastic(lambda s=seed: STOCHASTIC[name](s), problem,
+            trace, status = run_stochastic(lambda s=seed, m=name: STOCHASTIC[m](s), problem,
                                            args.budget)
             statuses.append(status)
             curve = []
@@ -227,7 +227,7 @@ def main() -> None:
             if seed == 0:
                 seed0 = curve
         finals = [(c[-1][1] - h_star) / abs(h_star) if c else float("nan") for c in per_seed]
-        bad = sum(s != "ok" or not math.isfinite(f) for s, f in zip(statuses, finals))
+        bad = sum(s != "ok" or not math.isfinite(f) for s, f in zip(statuses, finals, strict=True))
         rows.append({
             "method": name, "seeds": args.seeds, "diverged": bad,
             **{f"t_{tol:g}_s": time_to(seed0, h_star, tol) for tol in TARGETS},

@@ -201,11 +201,12 @@ class ImplicitAdjoint:
         product: Callable[[Tensor], Tensor] = lin.rmatvec_y if transpose else lin.matvec
 
         def operator(x: Tensor) -> Tensor:
-            if active is None:
-                return product(x) + self.ridge * x
-            x = torch.where(active, x, torch.zeros_like(x))
-            out = product(x) + self.ridge * x
-            return torch.where(active, out, torch.zeros_like(out))
+            if active is not None:
+                x = torch.where(active, x, torch.zeros_like(x))
+            out = product(x)
+            if self.ridge:
+                out = out + self.ridge * x
+            return out if active is None else torch.where(active, out, torch.zeros_like(out))
 
         tol = self._tol(rhs)
         kwargs: dict = {} if self.maxiter is None else {"maxiter": self.maxiter}

@@ -38,18 +38,18 @@ def convergence_plot(runs: Mapping[str, Rows], path: Path, *, title: str = "",
     fig, axes = plt.subplots(1, 2 if with_metric else 1, figsize=(10 if with_metric else 5.5, 4),
                              squeeze=False)
     value_ax = axes[0][0]
-    positive = True
+    finite: list[float] = []
     for label, rows in runs.items():
         times = [float(r["time_s"]) for r in rows]
         values = [float(r["outer_value"]) for r in rows]
-        positive &= all(v > 0 for v in values if math.isfinite(v))
+        finite += [v for v in values if math.isfinite(v)]
         value_ax.plot(times, values, label=label)
         if with_metric:
             points = [(float(r["time_s"]), float(r["test_metric"])) for r in rows
                       if r.get("test_metric") not in (None, "")]
             if points:
                 axes[0][1].plot(*zip(*points, strict=True), label=label)
-    if positive:
+    if finite and min(finite) > 0 and max(finite) > 10 * min(finite):  # spans a decade
         value_ax.set_yscale("log")
     value_ax.set_xlabel("wall time (s)")
     value_ax.set_ylabel("outer value")

@@ -82,7 +82,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
     for key in ("outer_value", "test_metric", "hyperparameters", "n_outer_steps", "status"):
         assert got[key] == full[key], key
     full_rows, got_rows = read_rows(full_dir / "metrics.csv"), read_rows(cut_dir / "metrics.csv")
-    assert theta_columns(got_rows) == theta_columns(full_rows)  # the same trajectory, digit by digit
+    assert theta_columns(got_rows) == theta_columns(full_rows)  # same trajectory, digit by digit
     assert [r["outer_value"] for r in got_rows] == [r["outer_value"] for r in full_rows]
 
 
@@ -108,3 +108,31 @@ def test_divergence_exits_nonzero_naming_the_step_and_writes_the_best_iterate(tm
     # the best iterate is θ₀ = log(1e-3) for every feature, and its test metric is finite
     assert all(v == pytest.approx(1e-3) for v in result["hyperparameters"].values())
     assert result["test_metric"] < 1.0
+
+
+def test_wrongly_typed_or_unknown_option_is_an_error_naming_it(tmp_path):
+    proc = run_app(tmp_path, "steps=many")
+    assert proc.returncode != 0 and "steps" in proc.stderr
+    proc = run_app(tmp_path, "outer=sobaa")
+    assert proc.returncode != 0 and "sobaa" in proc.stderr
+
+
+def test_network_task_runs_through_the_app_with_its_baseline(tmp_path):
+    proc = run_app(tmp_path, "task=deq", "dtype=float32", "task.epochs=2", "task.width=32")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["task"] == "deq" and result["n_outer_steps"] == 2
+    assert result["test_metric_name"] == "test_accuracy" and 0.5 < result["test_metric"] <= 1
+    assert 0.5 < result["baseline_metric"] <= 1 and "MLP" in result["baseline"]
+    assert len(read_rows(tmp_path / "metrics.csv")) == 2
+    assert (tmp_path / "convergence.png").stat().st_size > 1000
+
+
+def test_task_figures_and_test_metric_trace_reach_the_run_files(tmp_path):
+    proc = run_app(tmp_path, "task=elastic_net", "steps=6", "test_every=2")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["extra_metrics"]["n_nonzero"] >= 1
+    rows = read_rows(tmp_path / "metrics.csv")
+    assert [r["test_metric"] != "" for r in rows] == [True, False, True, False, True, False]
+    assert (tmp_path / "convergence.png").stat().st_size > 1000

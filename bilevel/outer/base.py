@@ -44,7 +44,8 @@ class BilevelProblem:
         bounds: optional box ``(low, high)`` on θ, applied by projection after each step.
         inner_loss: ``g(y, θ, idx)``, the inner objective averaged over the inner samples ``idx``
             (a 1-D index tensor; ``None`` means all ``n_inner`` samples). Stochastic methods
-            (SOBA, SABA, AmIGO, StocBiO, TTSA, unrolled) need it; ``y*(θ) = argmin_y g(y, θ, None)``.
+            (SOBA, SABA, AmIGO, StocBiO, TTSA, unrolled) need it;
+            ``y*(θ) = argmin_y g(y, θ, None)``.
         outer_loss: ``f(y, θ, idx)``, the outer objective averaged over the outer samples ``idx``
             (``None``: all ``n_outer`` samples; then it equals ``outer(y, θ)``).
         n_inner, n_outer: number of inner / outer samples (0 when the task has no sample
@@ -89,9 +90,9 @@ class OuterResult:
         y: the inner solution at ``theta`` (methods leave ``state.y = y*(θ before the step)``).
         history: one metrics row per step (those before a resume included).
         status: ``"converged"``, ``"max_steps"``, ``"stalled"`` (the method's row said
-            ``stalled``: e.g. a line search found no decrease), ``"diverged"`` (NaN/Inf in θ, y or a loss,
-            or a :class:`~solvers.base.DivergenceError` from the inner solver), ``"failed"``
-            (another exception; in ``error``) or ``"interrupted"`` (KeyboardInterrupt).
+            ``stalled``: e.g. a line search found no decrease), ``"diverged"`` (NaN/Inf in θ, y
+            or a loss, or a :class:`~solvers.base.DivergenceError` from the inner solver),
+            ``"failed"`` (another exception; in ``error``) or ``"interrupted"`` (KeyboardInterrupt).
         message: why the loop stopped (naming the step).
         best_value: the outer value at ``theta``.
         error: the exception that ended the loop, if any (re-raise it to see the traceback).
@@ -115,7 +116,7 @@ def run_outer(
     steps: int,
     *,
     gtol: float = 0.0,
-    on_step: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[dict[str, float], OuterState], None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
@@ -138,12 +139,15 @@ def run_outer(
         steps: total number of outer steps (a resumed run counts the steps done before).
         gtol: stop when a row's ``hypergrad_norm`` is at most this (0: never; a stochastic
             method's estimate can vanish by chance, e.g. at its first step with ``v = 0``).
-        on_step: called with every new metrics row.
+        on_step: called with every new metrics row and the state after that step (whose ``y``
+            belongs to the row's θ, the θ before the update); it may add entries to the row
+            (e.g. a test metric), and its own time is not counted in ``time_s``.
         checkpoint: file for :mod:`bilevel.outer.checkpoint` (``None``: no checkpoints).
         checkpoint_every: write a checkpoint every this many steps (0: only at the end).
         resume: load ``checkpoint`` into ``method.init(problem)``'s state and go on from there
             (bit-identical to an uninterrupted run); a run that had converged, or already has
-            ``steps`` rows, returns its result without stepping (a larger ``steps`` extends it). Without a checkpoint file, warns and starts afresh.
+            ``steps`` rows, returns its result without stepping (a larger ``steps`` extends it).
+            Without a checkpoint file, warns and starts afresh.
         checkpoint_tag: fingerprint of the run's configuration, stored in the checkpoint and
             required to match on resume.
 
@@ -177,7 +181,8 @@ def run_outer(
 
 
 def _loop(method: OuterMethod, problem: BilevelProblem, state: OuterState, record: RunRecord,
-          steps: int, gtol: float, on_step: Callable[[dict[str, float]], None] | None,
+          steps: int, gtol: float,
+          on_step: Callable[[dict[str, float], OuterState], None] | None,
           checkpoint: str | os.PathLike[str] | None, every: int, tag: str) -> None:
     """The stepping loop of :func:`run_outer`; fills ``record`` in place."""
     start = time.perf_counter() - record.elapsed_s
@@ -209,7 +214,9 @@ def _loop(method: OuterMethod, problem: BilevelProblem, state: OuterState, recor
         row["time_s"] = time.perf_counter() - start
         record.history.append(row)
         if on_step is not None:
-            on_step(row)
+            hook_start = time.perf_counter()
+            on_step(row, state)
+            start += time.perf_counter() - hook_start  # the hook's time is not the method's
         bad = _non_finite(row, state)
         if bad:
             record.status = "diverged"

@@ -153,7 +153,7 @@ def _pack(value: Any) -> Any:
 
 
 def _global_rng_states() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 — the global state is what we restore
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
@@ -278,14 +278,14 @@ def _unpack(fresh: Any, saved: Any, device: torch.device) -> Any:
     if isinstance(saved, (list, tuple)):
         fresh_seq = list(fresh) if isinstance(fresh, (list, tuple)) else []
         fresh_seq += [None] * (len(saved) - len(fresh_seq))
-        return type(saved)(_unpack(f, s, device) for f, s in zip(fresh_seq, saved))
+        return type(saved)(_unpack(f, s, device) for f, s in zip(fresh_seq, saved, strict=False))
     return saved
 
 
 def _set_global_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     name, key, *rest = states["numpy"]
-    np.random.set_state((name, key.numpy(), *rest))
+    np.random.set_state((name, key.numpy(), *rest))  # noqa: NPY002
     random.setstate(_as_tuples(states["python"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

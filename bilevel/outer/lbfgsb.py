@@ -140,7 +140,7 @@ class BoundedLBFGS:
         """``−H g`` on the free coordinates by the two-loop recursion (zero elsewhere)."""
         mask = free.flatten().to(grad.dtype)
         q = grad.flatten() * mask
-        pairs = [(s * mask, r * mask) for s, r in zip(extra["s"], extra["r"])]
+        pairs = [(s * mask, r * mask) for s, r in zip(extra["s"], extra["r"], strict=True)]
         pairs = [(s, r) for s, r in pairs if float(s @ r) > 0]
         alphas = []
         for s, r in reversed(pairs):
@@ -151,7 +151,7 @@ class BoundedLBFGS:
         if pairs:
             s, r = pairs[-1]
             q = q * (float(s @ r) / float(r @ r))
-        for (s, r), (rho, a) in zip(pairs, reversed(alphas)):
+        for (s, r), (rho, a) in zip(pairs, reversed(alphas), strict=True):
             b = rho * float(r @ q)
             q = q + (a - b) * s
         return (-q * mask).reshape(grad.shape)

@@ -79,7 +79,8 @@ def theta_trajectory(result) -> torch.Tensor:
 
 
 def draw_global_rngs() -> tuple:
-    return (torch.rand(3), np.random.rand(3), random.random())
+    # the global RNG states are what is under test
+    return (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
 
 
 # -- the file format ---------------------------------------------------------------------------
@@ -142,14 +143,14 @@ def test_restore_sets_extra_values_generators_and_global_rngs(tmp_path):
     state = method.init(problem)
     gen = torch.Generator().manual_seed(5)
     state.extra.update(generator=gen, count=7, nested={"v": torch.arange(3.0), "lr": [0.5]})
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)  # noqa: NPY002 — the global state is under test
     save_checkpoint(tmp_path / "c.pt", state, RunRecord())
     expected_gen, expected_global = torch.rand(4, generator=gen), draw_global_rngs()
 
     fresh = method.init(problem)
     fresh.extra.update(generator=torch.Generator().manual_seed(0), count=0,
                        nested={"v": torch.zeros(3), "lr": [0.0]})
-    torch.manual_seed(2), np.random.seed(2), random.seed(2)
+    torch.manual_seed(2), np.random.seed(2), random.seed(2)  # noqa: NPY002 — the global state is under test
     restore_state(fresh, load_checkpoint(tmp_path / "c.pt"))
     assert torch.equal(torch.rand(4, generator=fresh.extra["generator"]), expected_gen)
     got = draw_global_rngs()
