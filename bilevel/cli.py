@@ -199,9 +199,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     """The final comparison, as a small table: ours beside the task's stated baseline."""
-    def fmt(values: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in values.items())
+    def fmt(values: dict[str, Any], shown: int = 6) -> str:
+        items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                 for k, v in values.items()]
+        more = f", … ({len(items)} in result.json)" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
 
     name = s["test_metric_name"]
     rows = [("", name, "hyperparameters"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -136,3 +137,20 @@ def test_task_figures_and_test_metric_trace_reach_the_run_files(tmp_path):
     rows = read_rows(tmp_path / "metrics.csv")
     assert [r["test_metric"] != "" for r in rows] == [True, False, True, False, True, False]
     assert (tmp_path / "convergence.png").stat().st_size > 1000
+
+
+HYPERPARAMETER_TASKS = ["lasso", "weighted_lasso", "elastic_net", "logreg_l2", "sparse_logreg",
+                        "multinomial_l2", "datacleaning", "dro"]
+
+
+def test_every_hyperparameter_task_runs_from_the_command_line(tmp_path):
+    """One short multirun over every task (the basic launcher runs them in one process)."""
+    cmd = [sys.executable, "-m", "bilevel", "-m", f"task={','.join(HYPERPARAMETER_TASKS)}",
+           "steps=1", "test_every=0", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
+    assert sorted(r["task"] for r in results) == sorted(HYPERPARAMETER_TASKS)
+    for r in results:
+        assert r["status"] == "max_steps" and r["n_outer_steps"] == 1, r
+        assert math.isfinite(r["test_metric"]) and math.isfinite(r["baseline_metric"]), r
