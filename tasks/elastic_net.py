@@ -21,15 +21,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.linear_model import ElasticNetCV
 from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import models
-from tasks import data
-from tasks.base import Task, resolve_dtype
+from tasks.base import Task
+from tasks.regression import load_regression
 
 L1_RATIOS = (0.1, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
 
@@ -56,27 +55,15 @@ def build(
         seed: split and generator seed.
         dtype, device: where the computation runs.
     """
-    ds = data.load(dataset, labels="regression", seed=seed, **dict(data_options or {}))
-    s = data.split(ds, val_fraction, test_fraction, seed)
-    offset = float(s.y_train.mean())
-    t = data.to_tensors(s, resolve_dtype(dtype), device, y_offset=offset)
-    n, p = t.X_train.shape
-    lam_max = float((t.X_train.T @ t.y_train).abs().max()) / n
-
-    def validation_loss(w: Tensor, theta: Tensor) -> Tensor:
-        return 0.5 * ((t.X_val @ w - t.y_val) ** 2).mean()
-
-    def test_mse(theta: Tensor, w: Tensor) -> float:
-        return float(((t.X_test @ w - t.y_test) ** 2).mean())
+    r = load_regression(dataset, data_options, val_fraction, test_fraction, seed, dtype, device)
+    t, lam_max = r.tensors, r.lam_max
+    p = t.X_train.shape[1]
 
     def baseline() -> tuple[float, dict[str, float]]:
-        X_fit = np.vstack([s.X_train, s.X_val])
-        y_fit = np.concatenate([s.y_train, s.y_val]) - offset
-        model = ElasticNetCV(l1_ratio=list(L1_RATIOS), cv=5, fit_intercept=False,
-                             random_state=seed).fit(X_fit, y_fit)
-        error = np.mean((model.predict(s.X_test) - (s.y_test - offset)) ** 2)
+        error, model = r.baseline_mse(ElasticNetCV(l1_ratio=list(L1_RATIOS), cv=5,
+                                                   fit_intercept=False, random_state=seed))
         alpha, ratio = float(model.alpha_), float(model.l1_ratio_)
-        return float(error), {"lambda_l1": alpha * ratio, "lambda_l2": alpha * (1 - ratio)}
+        return error, {"lambda_l1": alpha * ratio, "lambda_l2": alpha * (1 - ratio)}
 
     def hyperparameters(theta: Tensor) -> dict[str, float]:
         return {"lambda_l1": float(theta[0].exp()), "lambda_l2": float(theta[1].exp())}
@@ -84,7 +71,7 @@ def build(
     start = math.log(lam0_ratio * lam_max)
     problem = BilevelProblem(
         inner=models.elastic_net(t.X_train, t.y_train, tol=tol),
-        outer=validation_loss,
+        outer=r.validation_loss,
         theta0=torch.tensor([start, start], dtype=t.X_train.dtype, device=device),
         y0=torch.zeros(p, dtype=t.X_train.dtype, device=device),
         bounds=(math.log(lam_max) - 12 * math.log(10), math.log(lam_max)),
@@ -93,7 +80,7 @@ def build(
         name="elastic_net",
         problem=problem,
         test_metric_name="test_mse",
-        test_metric=test_mse,
+        test_metric=r.test_mse,
         hyperparameters=hyperparameters,
         baseline_name="sklearn ElasticNetCV (5-fold over l1_ratio and α on train+validation)",
         baseline=baseline,

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import models
-from tasks import data
-from tasks.base import Task, resolve_dtype
+from tasks.base import Task
+from tasks.regression import load_regression
 
 
 def build(
@@ -55,26 +55,14 @@ def build(
         seed: split and generator seed.
         dtype, device: where the computation runs.
     """
-    ds = data.load(dataset, labels="regression", seed=seed, **dict(data_options or {}))
-    s = data.split(ds, val_fraction, test_fraction, seed)
-    offset = float(s.y_train.mean())
-    t = data.to_tensors(s, resolve_dtype(dtype), device, y_offset=offset)
-    n, p = t.X_train.shape
-    lam_max = float((t.X_train.T @ t.y_train).abs().max()) / n
-
-    def validation_loss(w: Tensor, theta: Tensor) -> Tensor:
-        return 0.5 * ((t.X_val @ w - t.y_val) ** 2).mean()
-
-    def test_mse(theta: Tensor, w: Tensor) -> float:
-        return float(((t.X_test @ w - t.y_test) ** 2).mean())
+    r = load_regression(dataset, data_options, val_fraction, test_fraction, seed, dtype, device)
+    t, lam_max = r.tensors, r.lam_max
+    p = t.X_train.shape[1]
 
     def baseline() -> tuple[float, dict[str, float]]:
-        X_fit = np.vstack([s.X_train, s.X_val])
-        y_fit = np.concatenate([s.y_train, s.y_val]) - offset
-        model = LassoCV(cv=5, fit_intercept=False, random_state=seed).fit(X_fit, y_fit)
-        error = np.mean((model.predict(s.X_test) - (s.y_test - offset)) ** 2)
-        return float(error), {"lambda": float(model.alpha_),
-                              "n_nonzero": float(np.count_nonzero(model.coef_))}
+        error, model = r.baseline_mse(LassoCV(cv=5, fit_intercept=False, random_state=seed))
+        return error, {"lambda": float(model.alpha_),
+                       "n_nonzero": float(np.count_nonzero(model.coef_))}
 
     def hyperparameters(theta: Tensor) -> dict[str, float]:
         lam = theta.detach().exp()
@@ -83,7 +71,7 @@ def build(
 
     problem = BilevelProblem(
         inner=models.lasso(t.X_train, t.y_train, tol=tol),
-        outer=validation_loss,
+        outer=r.validation_loss,
         theta0=torch.full((p,), math.log(lam0_ratio * lam_max), dtype=t.X_train.dtype,
                           device=device),
         y0=torch.zeros(p, dtype=t.X_train.dtype, device=device),
@@ -93,7 +81,7 @@ def build(
         name="weighted_lasso",
         problem=problem,
         test_metric_name="test_mse",
-        test_metric=test_mse,
+        test_metric=r.test_mse,
         hyperparameters=hyperparameters,
         baseline_name="sklearn LassoCV (one λ, 5-fold on train+validation)",
         baseline=baseline,

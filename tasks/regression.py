@@ -1,0 +1,64 @@
+"""What the sparse-regression tasks share (``weighted_lasso``, ``elastic_net``): the data split
+with a target centred on train, the squared-error outer loss and test metric, and the baseline
+protocol — a scikit-learn CV estimator refitted on train ∪ validation, scored on test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from tasks import data
+from tasks.base import resolve_dtype
+
+
+@dataclass
+class Regression:
+    """A split regression problem.
+
+    Attributes:
+        splits: the numpy splits (features standardised on train).
+        tensors: the same as tensors, target centred by ``offset``.
+        offset: the train mean of the target.
+        lam_max: ``‖Xᵀy‖∞ / n`` on train, the smallest ℓ1 weight with ``w* = 0``.
+    """
+
+    splits: data.Splits
+    tensors: data.TensorSplits
+    offset: float
+    lam_max: float
+
+    def validation_loss(self, w: Tensor, theta: Tensor) -> Tensor:
+        """``F(w) = (1/2n_v)‖X_v w − y_v‖²``."""
+        t = self.tensors
+        return 0.5 * ((t.X_val @ w - t.y_val) ** 2).mean()
+
+    def test_mse(self, theta: Tensor, w: Tensor) -> float:
+        """Mean squared error on the test split."""
+        t = self.tensors
+        return float(((t.X_test @ w - t.y_test) ** 2).mean())
+
+    def baseline_mse(self, estimator: Any) -> tuple[float, Any]:
+        """Fit ``estimator`` (no intercept: the target is centred) on train ∪ validation;
+        returns its test MSE and the fitted estimator."""
+        s = self.splits
+        X_fit = np.vstack([s.X_train, s.X_val])
+        y_fit = np.concatenate([s.y_train, s.y_val]) - self.offset
+        model = estimator.fit(X_fit, y_fit)
+        error = np.mean((model.predict(s.X_test) - (s.y_test - self.offset)) ** 2)
+        return float(error), model
+
+
+def load_regression(dataset: str, data_options: dict[str, Any] | None, val_fraction: float,
+                    test_fraction: float, seed: int, dtype: str, device: str) -> Regression:
+    """Load ``dataset`` (``tasks.data.load``: bundled, generated or a file), split it and make
+    the tensors."""
+    ds = data.load(dataset, labels="regression", seed=seed, **dict(data_options or {}))
+    s = data.split(ds, val_fraction, test_fraction, seed)
+    offset = float(s.y_train.mean())
+    t = data.to_tensors(s, resolve_dtype(dtype), device, y_offset=offset)
+    lam_max = float((t.X_train.T @ t.y_train).abs().max()) / t.X_train.shape[0]
+    return Regression(s, t, offset, lam_max)
