@@ -71,3 +71,25 @@ def test_yaml_composes_and_matches_the_build_defaults():
         assert key in defaults, f"datacleaning.yaml: {key} is not an argument of build()"
         if not (key == "data_options" and defaults[key] is None):
             assert value == defaults[key], (key, value, defaults[key])
+
+
+def test_minibatch_losses_average_to_the_full_ones_and_drive_soba():
+    """Minibatch losses, weighted by batch size, average to the full inner / outer losses (so
+    stochastic methods estimate the right gradients), and SOBA's defaults run on the task."""
+    import warnings
+
+    from bilevel.outer import SOBA
+
+    problem = build(dataset="iris", corruption=0.5, seed=0).problem
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(problem.y0.shape, generator=gen, dtype=torch.float64)
+    theta = torch.randn(problem.n_inner, generator=gen, dtype=torch.float64)
+    for loss, n in ((problem.inner_loss, problem.n_inner), (problem.outer_loss, problem.n_outer)):
+        batches = torch.randperm(n, generator=gen).chunk(3)
+        parts = sum(len(idx) * float(loss(W, theta, idx)) for idx in batches) / n
+        full = float(loss(W, theta, None))
+        assert abs(parts - full) <= 1e-12 * abs(full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_outer(SOBA(batch_size=16), problem, 5)
+    assert result.status == "max_steps" and torch.isfinite(result.theta).all()
