@@ -154,3 +154,18 @@ def test_every_hyperparameter_task_runs_from_the_command_line(tmp_path):
     for r in results:
         assert r["status"] == "max_steps" and r["n_outer_steps"] == 1, r
         assert math.isfinite(r["test_metric"]) and math.isfinite(r["baseline_metric"]), r
+
+
+def test_same_seed_twice_gives_bit_identical_results(tmp_path):
+    results = []
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        proc = run_app(run_dir, "steps=8", "seed=3")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads((run_dir / "result.json").read_text())
+        result.pop("wall_time_s")
+        rows = [{k: v for k, v in r.items() if k != "time_s"}
+                for r in read_rows(run_dir / "metrics.csv")]
+        results.append((result, rows))
+    assert results[0] == results[1]  # every value, digit for digit
