@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bilevel.outer.base import BilevelProblem, OuterState
-from bilevel.outer.oracles import cross, hvp, inner_grad, outer_oracle
+from bilevel.outer.oracles import cross, hvp, outer_oracle
 from bilevel.outer.stochastic import StochasticMethod
 
 
@@ -44,10 +44,9 @@ class AmIGO(StochasticMethod):
     def step(self, problem: BilevelProblem, state: OuterState) -> dict[str, Any]:
         self.refresh_curvature(problem, state)
         g, f = problem.inner_loss, problem.outer_loss
-        theta, y, v = state.theta, state.y, state.extra["v"]
+        theta, v = state.theta, state.extra["v"]
         rho = self.inner_step(state)
-        for _ in range(self.inner_steps):
-            y = y - rho * inner_grad(g, y, theta, self.inner_batch(state))
+        y = self.inner_sgd(problem, state, self.inner_steps)
         outer = outer_oracle(f, y, theta, self.outer_batch(state))
         for _ in range(self.linear_steps):
             v = v - rho * (hvp(g, y, theta, self.inner_batch(state), v) - outer.grad_y)

@@ -78,6 +78,18 @@ def inner_oracle(g: Loss, y: Tensor, theta: Tensor, idx: Tensor | None, v: Tenso
     return InnerOracle(d.detach(), _or_zeros(hv, y), _or_zeros(cross, theta))
 
 
+def neumann(g: Loss, y: Tensor, theta: Tensor, batches: Callable[[], Tensor | None],
+            b: Tensor, eta: float, terms: int) -> Tensor:
+    """``η Σ_{j<terms} (I − η∇²_yy g)^j b``: the Neumann series of ``(∇²_yy g)⁻¹ b`` truncated
+    after ``terms`` terms, each Hessian-vector product on a fresh minibatch ``batches()``
+    (it converges as ``terms → ∞`` when ``0 < ηL < 2``, ``L`` the curvature of ``g``)."""
+    term = total = b
+    for _ in range(terms - 1):
+        term = term - eta * hvp(g, y, theta, batches(), term)
+        total = total + term
+    return eta * total
+
+
 def cross(g: Loss, y: Tensor, theta: Tensor, idx: Tensor | None, v: Tensor) -> Tensor:
     """``∇²_θy g(y, θ, I) · v`` (the θ-part of the double-backward product)."""
     y_, t_ = _leaves(y, theta)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bilevel.outer.base import BilevelProblem, OuterState
-from bilevel.outer.oracles import cross, hvp, inner_grad, outer_oracle
+from bilevel.outer.oracles import cross, neumann, outer_oracle
 from bilevel.outer.stochastic import StochasticMethod
 
 
@@ -48,19 +48,11 @@ class StocBiO(StochasticMethod):
 
     def step(self, problem: BilevelProblem, state: OuterState) -> dict[str, Any]:
         self.refresh_curvature(problem, state)
-        g, f = problem.inner_loss, problem.outer_loss
-        theta, y = state.theta, state.y
-        rho = self.inner_step(state)
-        for _ in range(self.inner_steps):
-            y = y - rho * inner_grad(g, y, theta, self.inner_batch(state))
+        g, f, theta = problem.inner_loss, problem.outer_loss, state.theta
+        y = self.inner_sgd(problem, state, self.inner_steps)
         outer = outer_oracle(f, y, theta, self.outer_batch(state))
-        eta = self.neumann_lr / state.extra["lipschitz"]
-        term = outer.grad_y
-        total = term
-        for _ in range(self.neumann_terms - 1):
-            term = term - eta * hvp(g, y, theta, self.inner_batch(state), term)
-            total = total + term
-        v = eta * total
+        v = neumann(g, y, theta, lambda: self.inner_batch(state), outer.grad_y,
+                    self.neumann_lr / state.extra["lipschitz"], self.neumann_terms)
         d_theta = outer.grad_theta - cross(g, y, theta, self.inner_batch(state), v)
         row = self.row(state, outer.value, d_theta)
         state.y, state.extra["v"] = y, v

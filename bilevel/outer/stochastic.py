@@ -37,7 +37,7 @@ from torch import Tensor
 from bilevel.outer.base import BilevelProblem, OuterState
 from bilevel.outer.curvature import power_iteration, tracked
 from bilevel.outer.optim import bind, check_optimizer, make_optimizer, set_lr
-from bilevel.outer.oracles import Loss, require_losses
+from bilevel.outer.oracles import Loss, inner_grad, require_losses
 from bilevel.outer.sampling import MODES, MinibatchSampler, stream_seed
 from bilevel.outer.schedules import StepSize
 
@@ -158,6 +158,14 @@ class StochasticMethod:
     def inner_step(self, state: OuterState) -> float:
         """``ρ_k = inner_lr / L / (k + 1)^inner_decay``."""
         return self.inner_schedule(state.step) / state.extra["lipschitz"]
+
+    def inner_sgd(self, problem: BilevelProblem, state: OuterState, steps: int) -> Tensor:
+        """``steps`` SGD steps on ``g`` from ``state.y`` with step ``ρ_k``, each on a fresh
+        inner minibatch; returns the new ``y`` (``state`` keeps the old one)."""
+        g, y, rho = problem.inner_loss, state.y, self.inner_step(state)
+        for _ in range(steps):
+            y = y - rho * inner_grad(g, y, state.theta, self.inner_batch(state))
+        return y
 
     def update_theta(self, problem: BilevelProblem, state: OuterState, direction: Tensor
                      ) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from bilevel.outer.base import BilevelProblem, OuterState
-from bilevel.outer.oracles import cross, hvp, inner_grad, outer_oracle
+from bilevel.outer.oracles import cross, hvp, neumann, outer_oracle
 from bilevel.outer.sampling import stream_seed
 from bilevel.outer.stochastic import EXTRA_STREAM, StochasticMethod
 
@@ -59,8 +59,7 @@ class TTSA(StochasticMethod):
         self.refresh_curvature(problem, state)
         g, f = problem.inner_loss, problem.outer_loss
         theta = state.theta
-        y = state.y - self.inner_step(state) * inner_grad(g, state.y, theta,
-                                                           self.inner_batch(state))
+        y = self.inner_sgd(problem, state, 1)
         outer = outer_oracle(f, y, theta, self.outer_batch(state))
         v = self.neumann(problem, state, y, outer.grad_y)
         d_theta = outer.grad_theta - cross(g, y, theta, self.inner_batch(state), v)
@@ -81,8 +80,5 @@ class TTSA(StochasticMethod):
             for _ in range(depth):
                 b = b - eta * hvp(g, y, theta, self.inner_batch(state), b)
             return (eta * self.neumann_terms) * b
-        total = b
-        for _ in range(self.neumann_terms - 1):
-            b = b - eta * hvp(g, y, theta, self.inner_batch(state), b)
-            total = total + b
-        return eta * total
+        return neumann(g, y, theta, lambda: self.inner_batch(state), b, eta,
+                       self.neumann_terms)

@@ -43,9 +43,11 @@ def test_decreasing_schedule_outside_robbins_monro_warns(decay):
 
 @pytest.mark.parametrize("decay", [0.0, 0.6, 1.0])
 def test_valid_schedules_are_silent(decay):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        StepSize(0.1, decay)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        schedule = StepSize(0.1, decay)
+    assert [str(w.message) for w in caught] == []
+    assert [schedule(k) for k in (0, 3)] == [0.1, 0.1 / 4 ** decay]
 
 
 @pytest.mark.parametrize("lr, decay", [(0.0, 0.0), (-1.0, 0.7), (float("nan"), 0.0),
