@@ -139,14 +139,20 @@ class ImplicitAdjoint:
         rhs = torch.where(active, r - lin.matvec(r_inactive), torch.zeros_like(r))
         return self._solve(lin, rhs, active, symmetric, transpose=False) + r_inactive
 
+    @property
+    def takes_solver_solutions(self) -> bool:
+        """Whether :meth:`checked` may accept a solution the solver computed itself: only
+        under ``linear_solver="auto"`` without ridge (an explicit choice wins)."""
+        return self.linear_solver == "auto" and self.ridge == 0
+
     def checked(self, lin: Linearization, x: Tensor, rhs: Tensor, transpose: bool
                 ) -> Tensor | None:
         """Accept a solution the inner solver computed itself (``solve_adjoint`` /
         ``solve_tangent``: e.g. from the factorisations of its last run) when its true
         relative residual ``‖rhs − Bᵀx‖/‖rhs‖`` (``B x`` in forward mode) meets ``tol``, row by
         row; else ``None`` and the engine solves the system itself. Costs one product with
-        ``B``. Only under ``linear_solver="auto"`` without ridge (an explicit choice wins)."""
-        if self.linear_solver != "auto" or self.ridge > 0 or x.shape != rhs.shape:
+        ``B``. Only when :attr:`takes_solver_solutions`."""
+        if not self.takes_solver_solutions or x.shape != rhs.shape:
             return None
         product = lin.rmatvec_y if transpose else lin.matvec
         tol = self._tol(rhs)

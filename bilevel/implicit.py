@@ -176,8 +176,8 @@ class _ImplicitProblem:
         v) -> u`` with ``Bᵀu = −v``, or ``solve_tangent(y, θ, r) -> ẏ`` with ``B ẏ = r``),
         in the ``(m, k)`` layout, once the adjoint checked its residual; else ``None``."""
         solve = getattr(self.solver, hint, None)
-        if solve is None:
-            return None
+        if solve is None or not self.adjoint.takes_solver_solutions:
+            return None  # not computed when the adjoint would not take it
         x = solve(self.y, self.theta_arg(self.thetas), arg)
         if x is None:
             return None
