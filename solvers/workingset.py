@@ -158,10 +158,9 @@ class WorkingSet:
         """``w_S ↦ F(X_S w_S)`` and its gradient; for a quadratic datafit, the same function
         written with the Gram matrix the last working-set solve already formed (``½wᵀGw − bᵀw``
         up to a constant), so that each product with ``∂H`` costs ``O(|S|²)``, not ``O(n|S|)``."""
-        pos = self._gram_positions(index)
-        if pos is not None:
-            _, G, b = self._gram
-            G_SS, b_S = G[pos][:, pos], b[pos]
+        gram = self._gram_on(index)
+        if gram is not None:
+            G_SS, b_S = gram
             return (lambda w, t: 0.5 * (w @ (G_SS @ w)) - b_S @ w,
                     lambda w, t: G_SS @ w - b_S)
         X_S, datafit = self._columns(index), self.datafit
@@ -179,33 +178,35 @@ class WorkingSet:
         takes one product. ``None`` (the engine then builds ``∂yH_SS`` and checks its
         conditioning) for other datafits, when the Gram matrix does not cover the support, or
         when its Cholesky factor is close to singular."""
-        pos = self._gram_positions(index) if self.datafit.quadratic else None
-        if pos is None or pos.numel() == 0:
+        gram = self._gram_on(index) if self.datafit.quadratic else None
+        if gram is None or index.numel() == 0:
             return None
-        _, G, _ = self._gram
-        M = G.index_select(0, pos).index_select(1, pos)
+        M = gram[0]  # a fresh gather: the in-place ridge below touches nothing shared
         l2 = self.penalty.params(detach(theta), index).get("l2", 0.0)
         if isinstance(l2, Tensor) or l2 != 0.0:
             M.diagonal().add_(l2)
         factor, info = torch.linalg.cholesky_ex(M)
         pivots = factor.diagonal()
         eps = torch.finfo(M.dtype).eps
-        if int(info) != 0 or float(pivots.min() / pivots.max()) ** 2 < 100 * pos.numel() * eps:
+        if int(info) != 0 or float(pivots.min() / pivots.max()) ** 2 < 100 * index.numel() * eps:
             return None
         return lambda r: torch.cholesky_solve(r.mT, factor).mT
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _gram_positions(self, index: Tensor) -> Tensor | None:
-        """Positions of the features ``index`` in the last working set whose Gram matrix was
-        formed (``self._gram``), or ``None`` if one of them is not in it."""
-        W = self._gram[0]
+    def _gram_on(self, index: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(G_SS, b_S)``: the last formed Gram matrix ``G`` and linear term ``b`` (of the
+        working set ``W``, ``self._gram``) restricted to the features ``index``, or ``None``
+        if one of them is not in ``W``."""
+        W, G, b = self._gram
         if W is None:
             return None
         position = torch.full((self.X.shape[1],), -1, dtype=torch.long, device=W.device)
         position[W] = torch.arange(W.numel(), device=W.device)
         pos = position[index]
-        return pos if bool((pos >= 0).all()) else None
+        if not bool((pos >= 0).all()):
+            return None
+        return G.index_select(0, pos).index_select(1, pos), b[pos]
 
     def _smooth(self, w: Tensor, theta: Theta) -> Tensor:
         return self.datafit.value(self.X @ w)
