@@ -1,6 +1,7 @@
-"""What the sparse-regression tasks share (``weighted_lasso``, ``elastic_net``): the data split
-with a target centred on train, the squared-error outer loss and test metric, and the baseline
-protocol — a scikit-learn CV estimator refitted on train ∪ validation, scored on test.
+"""What the sparse-regression tasks share (``lasso``, ``weighted_lasso``, ``elastic_net``):
+the data split with a target centred on train, the squared-error outer loss and test metric,
+and the baseline protocol — a scikit-learn CV estimator refitted on train ∪ validation, scored
+on test.
 """
 
 from __future__ import annotations
