@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from bilevel.outer.base import OuterResult, OuterState, run_outer
 from bilevel.plots import convergence_plot
+from bilevel.report import text_table
 from tasks.base import Task
 from tasks.network import NetworkTask
 
@@ -206,13 +207,12 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
         return ", ".join(items[:shown]) + more
 
     name = s["test_metric_name"]
-    rows = [("", name, "hyperparameters"),
-            (f"ours ({s['outer']})", f"{s['test_metric']:.6g}", fmt(s["hyperparameters"])),
-            (f"baseline ({s['baseline']})", f"{s['baseline_metric']:.6g}",
-             fmt(s["baseline_hyperparameters"]))]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    table = "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-                      for r in rows)
+    table = text_table([
+        ["", name, "hyperparameters"],
+        [f"ours ({s['outer']})", f"{s['test_metric']:.6g}", fmt(s["hyperparameters"])],
+        [f"baseline ({s['baseline']})", f"{s['baseline_metric']:.6g}",
+         fmt(s["baseline_hyperparameters"])],
+    ], indent="  ")
     extra = f"\n  {fmt(s['extra_metrics'])}" if s.get("extra_metrics") else ""
     print(
         f"{s['task']} · {s['outer']} · {s['n_outer_steps']} steps · {s['wall_time_s']:.2f} s · "

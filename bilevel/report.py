@@ -71,9 +71,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     header = list(shown)
     if rows:
         header[4] = str(rows[0]["test_metric_name"] or "test_metric")
-    cells = [header] + [[_cell(row[key]) for key in shown] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+    return text_table([header] + [[_cell(row[key]) for key in shown] for row in rows])
+
+
+def text_table(cells: list[list[str]], indent: str = "") -> str:
+    """Left-aligned columns, two spaces apart, each line prefixed by ``indent``."""
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join(indent + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
                      for line in cells)
 
 
