@@ -30,3 +30,39 @@ def best_time(fit: Callable[[], Any], repeat: int) -> tuple[float, Any]:
         out = fit()
         times.append(time.perf_counter() - t0)
     return min(times), out
+
+
+def write_results(path: str | None, benchmark: str, tables: list[dict[str, Any]],
+                  notes: list[str] | tuple[str, ...] = (),
+                  figures: list[str] | tuple[str, ...] = ()) -> None:
+    """Write a benchmark's figures as JSON for the BENCHMARKS.md writer (no-op if ``path`` is None).
+
+    Args:
+        path: output file (the scripts' ``--json`` option).
+        benchmark: the script's name, e.g. ``"lasso_hypergrad"``.
+        tables: ``{"title": str, "columns": [str, ...], "rows": [[cell, ...], ...]}`` each,
+            cells already formatted as the report should print them.
+        notes: sentences printed under the tables (targets met or not, caveats).
+        figures: image paths (relative to the repository root) the section shows.
+    """
+    if path is None:
+        return
+    import json
+    import platform
+    import sys
+
+    import torch
+
+    record = {
+        "benchmark": benchmark,
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "tables": tables,
+        "notes": list(notes),
+        "figures": list(figures),
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
