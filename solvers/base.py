@@ -12,7 +12,10 @@ linear system with it. Everything else a solver may say is an optional *hint*:
 - ``optimality_at_selection(y, theta, side)``: the mapping evaluated on one side of its kinks
   (side=+1: every kinked coordinate on its active piece, -1: on its inactive piece), so that
   the engine can certify whether the hypergradient depends on the selection;
-- ``batch_ndim`` (int): how many leading dimensions of ``y`` index independent problems.
+- ``batch_ndim`` (int): how many leading dimensions of ``y`` index independent problems;
+- ``tol`` (float attribute): the stopping tolerance on the solver's residual, read at each
+  ``run``, so that it may be changed between runs (``bilevel.precision`` derives it from the
+  hypergradient precision an outer method needs).
 
 This module is the ground floor: it imports torch only.
 """

@@ -50,6 +50,13 @@ class QP:
     def tol(self) -> float:
         return self._last.tol if self._last is not None else self.options.get("tol", 0.0)
 
+    @tol.setter
+    def tol(self, value: float) -> None:  # read by the backends at each run
+        self.options["tol"] = value
+        for backend in (self._native, *self._layers.values()):
+            if backend is not None:
+                backend.tol = value
+
     def __getattr__(self, name: str) -> Any:  # info, status, batch_ndim of the last backend
         if name.startswith("_") or self.__dict__.get("_last") is None:
             raise AttributeError(name)
