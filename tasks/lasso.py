@@ -1,10 +1,16 @@
 """Lasso: select the ℓ1 weight λ by implicit hypergradient descent on a validation loss.
 
-Inner problem (train split, n rows):  ``w*(λ) = argmin_w (1/2n)‖X w − y‖² + λ‖w‖₁``
+Inner problem (n rows):  ``w*(λ) = argmin_w (1/2n)‖X w − y‖² + λ‖w‖₁``
     (sklearn's ``Lasso(alpha=λ)`` objective; features standardised, target centred on train).
-Outer loss (validation split):        ``F(w) = (1/2n_v)‖X_v w − y_v‖²``, over ``θ = log λ``.
-Test metric: mean squared error on the test split.
-Baseline: ``sklearn.linear_model.LassoCV`` (5-fold) fitted on train ∪ validation.
+Outer loss, over ``θ = log λ``:
+    - ``cv_folds=K`` (default 5): the K-fold cross-validation loss on train ∪ validation,
+      ``F = (1/K) Σ_k (1/2|V_k|)‖X_{V_k} w*_k − y_{V_k}‖²`` with one inner Lasso per fold
+      (``tasks.crossval``; the folds of ``LassoCV(cv=K)``), then a refit on train ∪ validation;
+    - ``cv_folds=null``: the inner problem on train, ``F(w) = (1/2n_v)‖X_v w − y_v‖²`` on the
+      validation split.
+Test metric: mean squared error on the test split (of the refit with ``cv_folds``).
+Baseline: ``sklearn.linear_model.LassoCV`` (5-fold, a grid of 100 λ) fitted on train ∪ validation:
+    with ``cv_folds=5`` both minimise the same criterion, the grid against the continuum.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ import math
 
 import torch
 from sklearn.linear_model import LassoCV
+from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import models
+from solvers.workingset import WorkingSet
 from tasks.base import Task
 from tasks.regression import load_regression
 
@@ -25,6 +33,7 @@ def build(
     val_fraction: float = 0.25,
     test_fraction: float = 0.25,
     lam0_ratio: float = 0.1,
+    cv_folds: int | None = 5,
     tol: float = 1e-10,
     seed: int = 0,
     dtype: str = "float64",
@@ -36,6 +45,7 @@ def build(
         dataset: a bundled regression set, a generator or a file (``tasks.data.load``).
         val_fraction, test_fraction: split sizes (fractions of all rows).
         lam0_ratio: starting λ as a fraction of λ_max = ‖Xᵀy‖∞/n (all-zero solution above it).
+        cv_folds: K of the K-fold criterion; ``None``: the single validation split.
         tol: inner solver tolerance (gradient-mapping norm).
         seed: split seed.
         dtype, device: where the computation runs.
@@ -43,7 +53,20 @@ def build(
     r = load_regression(dataset, None, val_fraction, test_fraction, seed, dtype, device)
     t, lam_max = r.tensors, r.lam_max
     p = t.X_train.shape[1]
-    solver = models.lasso(t.X_train, t.y_train, tol=tol)  # working-set solver, λ = e^θ
+
+    def make_solver(X: Tensor, y: Tensor) -> WorkingSet:
+        return models.lasso(X, y, tol=tol)  # the working-set solver, λ = e^θ
+
+    if cv_folds is None:
+        inner, outer = make_solver(t.X_train, t.y_train), r.validation_loss
+        y0, test_mse = torch.zeros(p, dtype=t.X_train.dtype, device=device), r.test_mse
+    else:
+        cv = r.cross_validation(cv_folds, make_solver)
+        inner, outer = cv.inner, cv.outer
+        y0 = torch.zeros(cv_folds, p, dtype=t.X_train.dtype, device=device)
+
+        def test_mse(theta: Tensor, w: Tensor) -> float:
+            return r.test_mse(theta, cv.refit(theta, w))
 
     def baseline() -> tuple[float, dict[str, float]]:
         error, model = r.baseline_mse(LassoCV(cv=5, fit_intercept=False, random_state=seed))
@@ -51,17 +74,17 @@ def build(
 
     theta0 = torch.tensor(math.log(lam0_ratio * lam_max), dtype=t.X_train.dtype, device=device)
     problem = BilevelProblem(
-        inner=solver,
-        outer=r.validation_loss,
+        inner=inner,
+        outer=outer,
         theta0=theta0,
-        y0=torch.zeros(p, dtype=t.X_train.dtype, device=device),
+        y0=y0,
         bounds=(math.log(lam_max) - 12 * math.log(10), math.log(lam_max)),
     )
     return Task(
         name="lasso",
         problem=problem,
         test_metric_name="test_mse",
-        test_metric=r.test_mse,
+        test_metric=test_mse,
         hyperparameters=lambda theta: {"lambda": float(theta.exp())},
         baseline_name="sklearn LassoCV (5-fold on train+validation)",
         baseline=baseline,

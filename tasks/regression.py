@@ -1,19 +1,23 @@
 """What the sparse-regression tasks share (``lasso``, ``weighted_lasso``, ``elastic_net``):
 the data split with a target centred on train, the squared-error outer loss and test metric,
-and the baseline protocol — a scikit-learn CV estimator refitted on train ∪ validation, scored
-on test.
+the K-fold cross-validation problem on train ∪ validation, and the baseline protocol — a
+scikit-learn CV estimator refitted on train ∪ validation, scored on test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from solvers.base import InnerSolver
 from tasks import data
 from tasks.base import resolve_dtype
+from tasks.crossval import CrossValidation, cross_validation, folds
 
 
 @dataclass
@@ -34,8 +38,16 @@ class Regression:
 
     def validation_loss(self, w: Tensor, theta: Tensor) -> Tensor:
         """``F(w) = (1/2n_v)‖X_v w − y_v‖²``."""
+        return half_mse(w, self.tensors.X_val, self.tensors.y_val)
+
+    def cross_validation(self, k: int, make_solver: Callable[[Tensor, Tensor], InnerSolver]
+                         ) -> CrossValidation:
+        """The ``k``-fold CV problem on train ∪ validation with the folds of scikit-learn's
+        ``cv=k`` (what the baseline's ``LassoCV(cv=k)`` averages), loss ``half_mse``."""
         t = self.tensors
-        return 0.5 * ((t.X_val @ w - t.y_val) ** 2).mean()
+        X = torch.cat([t.X_train, t.X_val])
+        y = torch.cat([t.y_train, t.y_val])
+        return cross_validation(X, y, folds(len(y), k), make_solver, half_mse)
 
     def test_mse(self, theta: Tensor, w: Tensor) -> float:
         """Mean squared error on the test split."""
@@ -51,6 +63,11 @@ class Regression:
         model = estimator.fit(X_fit, y_fit)
         error = np.mean((model.predict(s.X_test) - (s.y_test - self.offset)) ** 2)
         return float(error), model
+
+
+def half_mse(w: Tensor, X: Tensor, y: Tensor) -> Tensor:
+    """``(1/2n)‖X w − y‖²``."""
+    return 0.5 * ((X @ w - y) ** 2).mean()
 
 
 def load_regression(dataset: str, data_options: dict[str, Any] | None, val_fraction: float,

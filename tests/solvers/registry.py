@@ -17,6 +17,7 @@ from torch import Tensor
 from solvers import ProxGrad, models, prox
 from solvers.fixed_point import FixedPoint
 from solvers.smooth import Smooth
+from tasks.crossval import cross_validation, folds
 from tests.engine.problems import diabetes, lambda_max
 
 
@@ -118,6 +119,22 @@ def _workingset(model: str, dtype=torch.float64, duplicate=False, at_lambda_max=
     return Problem(solver, theta, None, outer, theta + 0.01)
 
 
+# -- stacked (K-fold cross-validation) ------------------------------------------------------
+
+def _stacked_cv(dtype=torch.float64, duplicate=False, at_lambda_max=False):
+    """3-fold CV of the Lasso on diabetes: one working-set solver per fold, ``y`` is ``(3, p)``."""
+    X, y, _, _ = _data(dtype, duplicate)
+    rows = folds(X.shape[0], 3)
+    cv = cross_validation(X, y, rows, lambda Xk, yk: models.lasso(Xk, yk, tol=_tol(dtype)),
+                          lambda w, Xv, yv: 0.5 * ((Xv @ w - yv) ** 2).mean())
+    ratio = 1.0 if at_lambda_max else (50 if duplicate else 7)
+    theta = torch.tensor(math.log(lambda_max(X, y) / ratio), dtype=dtype)
+    if at_lambda_max:  # the smallest fold λ_max: one fold sits exactly on its kink
+        theta = torch.tensor(min(math.log(lambda_max(X[tr], y[tr])) for tr, _ in rows),
+                             dtype=dtype)
+    return Problem(cv.inner, theta, None, lambda w: cv.outer(w, theta), theta + 0.01)
+
+
 # -- smooth ----------------------------------------------------------------------------------
 
 def _smooth(method: str, dtype=torch.float64, singular=False, batch=None):
@@ -202,6 +219,8 @@ CASES = [
     Case("workingset-nonneg_lasso", lambda d: _workingset("nonneg_lasso", d), None, None,
          _ws("nonneg_lasso", duplicate=True)),
     Case("workingset-sparse_logreg", lambda d: _workingset("sparse_logreg", d)),
+    Case("stacked-lasso_cv", lambda d: _stacked_cv(d), None,
+         lambda: _stacked_cv(at_lambda_max=True), lambda: _stacked_cv(duplicate=True)),
     *[Case(f"smooth-{m}", lambda d, m=m: _smooth(m, d), lambda m=m: _smooth_batched(m), None,
            lambda m=m: _smooth(m, singular=True)) for m in ("newton", "lbfgs")],
     *[Case(f"fixed_point-{m}", lambda d, m=m: _fixed_point(m, d),
