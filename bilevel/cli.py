@@ -57,7 +57,7 @@ CHECKPOINT = "checkpoint.pt"  # in the run directory
 EXIT_CODES = {"diverged": 2, "failed": 3, "interrupted": 130}  # 0 for max_steps / converged
 # The configuration that decides a trajectory: a checkpoint only resumes the run that wrote it
 # (``steps`` may grow, ``resume`` / ``checkpoint_every`` may change).
-TRAJECTORY_KEYS = ("task", "outer", "seed", "dtype", "device", "gtol")
+TRAJECTORY_KEYS = ("task", "inner", "outer", "seed", "dtype", "device", "gtol")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -70,7 +70,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    task = instantiate(cfg.task, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device)
+    task = instantiate(cfg.task, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
+                       inner=OmegaConf.to_container(cfg.inner))
     if isinstance(task, NetworkTask):
         return run_network(cfg, task, out_dir, start)
     method = instantiate(cfg.outer)

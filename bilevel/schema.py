@@ -8,11 +8,27 @@ Imports Hydra: only the app and the config package import this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+@dataclass
+class InnerConfig:
+    """How the task's inner problem is solved (``conf/inner/*.yaml``).
+
+    Attributes:
+        solver: an algorithm the task offers (``tasks.base.resolve_inner`` lists them per task),
+            or ``auto``: the task's default.
+        tol: the inner tolerance (null: the task's ``tol``).
+        maxiter: the inner solver's iteration cap (null: its default).
+    """
+
+    solver: str = "auto"
+    tol: Optional[float] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
+    maxiter: Optional[int] = None  # noqa: UP045
 
 
 @dataclass
@@ -21,6 +37,7 @@ class RunConfig:
 
     Attributes:
         task, outer: the selected ``conf/task/*.yaml`` and ``conf/outer/*.yaml`` entries.
+        inner: the selected ``conf/inner/*.yaml`` entry, typed by :class:`InnerConfig`.
         seed, device, dtype: where and how every tensor is made.
         steps: outer steps (network tasks train for their yaml's ``epochs`` instead).
         gtol: stop when the hypergradient norm falls below it (0: never).
@@ -30,6 +47,7 @@ class RunConfig:
     """
 
     task: Any = MISSING
+    inner: InnerConfig = field(default_factory=InnerConfig)
     outer: Any = MISSING
     seed: int = 0
     device: str = "cpu"

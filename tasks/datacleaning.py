@@ -30,6 +30,7 @@ stochastic outer methods (SOBA, SABA, AmIGO, StocBiO, TTSA) run on it as in thei
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,9 @@ from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import Smooth
+from solvers.smooth import METHODS
 from tasks import data
-from tasks.base import Task, resolve_dtype
+from tasks.base import Task, resolve_dtype, resolve_inner
 from tasks.multinomial_l2 import error_rate, multinomial_loss
 
 
@@ -62,6 +64,7 @@ def build(
     val_fraction: float = 0.25,
     test_fraction: float = 0.25,
     tol: float = 1e-9,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -76,6 +79,8 @@ def build(
         c: weight of ``‖W‖²`` in the inner problem (> 0).
         val_fraction, test_fraction: split sizes (fractions of all rows; stratified).
         tol: inner tolerance on ``‖∇_W f‖_∞``.
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            newton | lbfgs, tol, maxiter.
         seed: split and corruption seed.
         dtype, device: where the computation runs.
 
@@ -140,8 +145,9 @@ def build(
             "fraction_corrupted": float(corrupted.mean()),
         }
 
+    how = resolve_inner(inner, "datacleaning", METHODS, tol)
     problem = BilevelProblem(
-        inner=Smooth(objective, tol=tol),
+        inner=Smooth(objective, method=how.solver, tol=how.tol, **how.options),
         outer=validation_loss,
         theta0=torch.zeros(n, dtype=t.X_train.dtype, device=device),
         y0=torch.zeros(p, k, dtype=t.X_train.dtype, device=device),

@@ -19,11 +19,14 @@ Baseline: the explicit two-layer MLP ``64 → width → tanh → width → tanh 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from bilevel.layers import FixedPointLayer
-from tasks.base import resolve_dtype
+from tasks.base import resolve_dtype, resolve_inner
 from tasks.network import NetworkTask, accuracy, digits, train
 
 N_FEATURES, N_CLASSES = 64, 10
@@ -48,10 +51,11 @@ class Cell(nn.Module):
 class DEQClassifier(nn.Module):
     """The fixed point ``z*`` of :class:`Cell`, then a linear head."""
 
-    def __init__(self, width: int, contraction: float, tol: float, maxiter: int):
+    def __init__(self, width: int, contraction: float, tol: float, maxiter: int,
+                 method: str = "anderson"):
         super().__init__()
-        self.deq = FixedPointLayer(Cell(width, contraction), tol=tol, maxiter=maxiter,
-                                   z_shape=(width,))
+        self.deq = FixedPointLayer(Cell(width, contraction), method=method, tol=tol,
+                                   maxiter=maxiter, z_shape=(width,))
         self.head = nn.Linear(width, N_CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,6 +70,7 @@ def build(
     contraction: float = 0.9,
     tol: float = 1e-4,
     maxiter: int = 30,
+    inner: Mapping[str, Any] | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
     dtype: str = "float32",
@@ -78,6 +83,8 @@ def build(
         epochs, batch_size, lr: Adam training, shared with the baseline.
         contraction: ``γ``, the Lipschitz constant of ``f`` in ``z`` (in ``(0, 1)``).
         tol, maxiter: forward fixed-point tolerance and iteration cap.
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver anderson |
+            broyden | picard | km (the forward fixed-point method), tol, maxiter.
         test_fraction: held-out fraction (stratified split under ``seed``).
         seed: split, initialisation and batch-order seed.
         dtype, device: where the computation runs.
@@ -85,7 +92,9 @@ def build(
     tdtype = resolve_dtype(dtype)
     X, y, X_test, y_test = digits(seed, test_fraction, tdtype, device)
     torch.manual_seed(seed)
-    model = DEQClassifier(width, contraction, tol, maxiter).to(dtype=tdtype, device=device)
+    how = resolve_inner(inner, "deq", ("anderson", "broyden", "picard", "km"), tol)
+    model = DEQClassifier(width, contraction, how.tol, how.options.get("maxiter", maxiter),
+                          how.solver).to(dtype=tdtype, device=device)
 
     def fit(callback=None) -> list[dict]:
         return train(model, nn.functional.cross_entropy, X, y, epochs=epochs,

@@ -28,6 +28,9 @@ Baseline: ERM, sklearn ``LogisticRegression(C = 1/(μn))`` (the same model and r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -38,7 +41,7 @@ from torch.nn.functional import softplus
 from bilevel.outer import BilevelProblem
 from solvers import ProxGrad, prox
 from tasks import data
-from tasks.base import Task, resolve_dtype
+from tasks.base import Task, resolve_dtype, resolve_inner
 
 
 def group_accuracies(correct: np.ndarray, groups: np.ndarray) -> dict[str, float]:
@@ -57,6 +60,7 @@ def build(
     ridge: float = 1e-3,
     test_fraction: float = 0.5,
     tol: float = 1e-10,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -73,6 +77,8 @@ def build(
         ridge: ``μ``, the outer ℓ2 weight on ``w`` (≥ 0).
         test_fraction: fraction of rows held out for the test metrics (stratified by group).
         tol: inner ProxGrad tolerance (gradient-mapping norm).
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            proxgrad, tol, maxiter.
         seed: data and split seed.
         dtype, device: where the computation runs.
 
@@ -128,9 +134,11 @@ def build(
                 "minority_weight": float(q[torch.as_tensor(g_tr == 1)].sum() if level == "sample"
                                          else q[-1])}
 
-    inner = ProxGrad(adversary, lambda v, theta, step: prox.simplex(v), tol=tol)
+    how = resolve_inner(inner, "dro", ("proxgrad",), tol)
+    solver = ProxGrad(adversary, lambda v, theta, step: prox.simplex(v), tol=how.tol,
+                      **how.options)
     problem = BilevelProblem(
-        inner=inner,
+        inner=solver,
         outer=robust_risk,
         theta0=torch.zeros(p + 1, dtype=tdtype, device=device),
         y0=torch.full((n,), 1.0 / n, dtype=tdtype, device=device),

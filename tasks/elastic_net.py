@@ -19,6 +19,7 @@ source of ``tasks.data.load`` (e.g. ``sparse_regression`` with ``correlation: 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import models
-from tasks.base import Task
+from tasks.base import Task, resolve_inner
 from tasks.regression import load_regression
 
 L1_RATIOS = (0.1, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
@@ -40,6 +41,7 @@ def build(
     test_fraction: float = 0.25,
     lam0_ratio: float = 0.1,
     tol: float = 1e-10,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -52,9 +54,12 @@ def build(
         val_fraction, test_fraction: split sizes (fractions of all rows).
         lam0_ratio: starting λ₁ and λ₂ as a fraction of λ_max = ‖Xᵀy‖∞/n.
         tol: inner solver tolerance (KKT violation).
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            workingset | proxgrad, tol, maxiter.
         seed: split and generator seed.
         dtype, device: where the computation runs.
     """
+    how = resolve_inner(inner, "elastic_net", models.SOLVERS, tol)
     r = load_regression(dataset, data_options, val_fraction, test_fraction, seed, dtype, device)
     t, lam_max = r.tensors, r.lam_max
     p = t.X_train.shape[1]
@@ -70,7 +75,8 @@ def build(
 
     start = math.log(lam0_ratio * lam_max)
     problem = BilevelProblem(
-        inner=models.elastic_net(t.X_train, t.y_train, tol=tol),
+        inner=models.elastic_net(t.X_train, t.y_train, tol=how.tol, solver=how.solver,
+                                 **how.options),
         outer=r.validation_loss,
         theta0=torch.tensor([start, start], dtype=t.X_train.dtype, device=device),
         y0=torch.zeros(p, dtype=t.X_train.dtype, device=device),

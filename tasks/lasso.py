@@ -16,6 +16,8 @@ Baseline: ``sklearn.linear_model.LassoCV`` (5-fold, a grid of 100 λ) fitted on 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from sklearn.linear_model import LassoCV
@@ -23,8 +25,8 @@ from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import models
-from solvers.workingset import WorkingSet
-from tasks.base import Task
+from solvers.base import InnerSolver
+from tasks.base import Task, resolve_inner
 from tasks.regression import load_regression
 
 
@@ -35,6 +37,7 @@ def build(
     lam0_ratio: float = 0.1,
     cv_folds: int | None = 5,
     tol: float = 1e-10,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -47,6 +50,8 @@ def build(
         lam0_ratio: starting λ as a fraction of λ_max = ‖Xᵀy‖∞/n (all-zero solution above it).
         cv_folds: K of the K-fold criterion; ``None``: the single validation split.
         tol: inner solver tolerance (gradient-mapping norm).
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            workingset | proxgrad, tol, maxiter.
         seed: split seed.
         dtype, device: where the computation runs.
     """
@@ -54,8 +59,10 @@ def build(
     t, lam_max = r.tensors, r.lam_max
     p = t.X_train.shape[1]
 
-    def make_solver(X: Tensor, y: Tensor) -> WorkingSet:
-        return models.lasso(X, y, tol=tol)  # the working-set solver, λ = e^θ
+    how = resolve_inner(inner, "lasso", models.SOLVERS, tol)
+
+    def make_solver(X: Tensor, y: Tensor) -> InnerSolver:
+        return models.lasso(X, y, tol=how.tol, solver=how.solver, **how.options)  # λ = e^θ
 
     if cv_folds is None:
         inner, outer = make_solver(t.X_train, t.y_train), r.validation_loss

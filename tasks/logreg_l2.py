@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from bilevel.outer import BilevelProblem
-from solvers.smooth import Smooth
-from tasks.base import Task, resolve_dtype
+from solvers.smooth import METHODS, Smooth
+from tasks.base import Task, resolve_dtype, resolve_inner
 
 IJCNN1_SHAPE = {"n_samples": 141_691, "n_features": 22, "n_informative": 12,
                 "weights": [0.9, 0.1], "random_state": 0}
@@ -106,6 +107,7 @@ def build(
     theta0: float = math.log(1e-3),
     bounds: tuple[float, float] | list[float] | None = (-12.0, 4.0),
     tol: float = 1e-10,
+    inner: Mapping[str, Any] | None = None,
     max_rows: int | None = None,
     seed: int = 0,
     dtype: str = "float64",
@@ -122,6 +124,8 @@ def build(
         bounds: box ``(low, high)`` on every θ_j (``None``: unbounded — some θ_j then drift
             to ±∞ and ``e^θ`` eventually overflows).
         tol: inner tolerance on ``‖∇_w g‖_∞``.
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            newton | lbfgs, tol, maxiter.
         max_rows: keep at most this many rows per split (ijcnn1_like; for quick runs).
         seed: split seed (breast_cancer) and the baseline's fold seed.
         dtype, device: where the computation runs.
@@ -169,8 +173,10 @@ def build(
         w = torch.as_tensor(model.coef_.ravel(), dtype=tdtype, device=device)
         return float(test_loss(w)), {"C": C, "lambda": 1.0 / (C * len(y_fit))}
 
+    how = resolve_inner(inner, "logreg_l2", METHODS, tol)
     problem = BilevelProblem(
-        inner=Smooth(lambda w, t: inner_loss(w, t), method="newton", tol=tol),
+        inner=Smooth(lambda w, t: inner_loss(w, t), method=how.solver, tol=how.tol,
+                     **how.options),
         outer=lambda w, t: outer_loss(w, t),
         theta0=torch.full((p,), float(theta0), dtype=tdtype, device=device),
         y0=torch.zeros(p, dtype=tdtype, device=device),

@@ -1,12 +1,16 @@
 """Multinomial logistic regression with one L2 weight per class, selected by hypergradients.
 
-Inner problem (train split, n rows, K classes, one-hot labels ``Y``):
+Inner problem (n rows, K classes, one-hot labels ``Y``):
     ``W*(θ) = argmin_W (1/n) Σ_i [logsumexp(x_iᵀW) − x_iᵀW y_i] + ½ Σ_c e^{θ_c} ‖W_{:,c}‖²``
     (features standardised on train, no intercept; smooth and strongly convex: ``solvers.Smooth``,
     Newton-CG on the ``p × K`` unknowns, mapping ``H = ∇_W f``, no kinks).
-Outer loss (validation split): mean multinomial log-loss of ``W*`` over ``θ ∈ R^K``, started at
-    ``θ_c = log lam0`` for every class.
-Test metric: misclassification rate on the test split.
+Outer loss, over ``θ ∈ R^K`` started at ``θ_c = log lam0`` for every class:
+    - ``cv_folds=null`` (default): inner problem on train, mean log-loss on the validation split;
+    - ``cv_folds=F``: mean multinomial log-loss over the ``F`` stratified folds of
+      train ∪ validation (one inner problem per fold, ``tasks.crossval``: the baseline's folds
+      and score; ``F`` times the cost of a step).
+Test metric: misclassification rate on the test split of the model refitted on
+    train ∪ validation at the selected θ (the data the baseline is fitted on).
 Extra metrics: test log-loss.
 Baseline: ``sklearn.linear_model.LogisticRegressionCV`` (multinomial, one L2 weight for all
     classes, 5-fold on train ∪ validation, 10 values of C scored by log-loss, no intercept:
@@ -29,6 +33,7 @@ from bilevel.outer import BilevelProblem
 from solvers import Smooth
 from tasks import data
 from tasks.base import Task, resolve_dtype
+from tasks.crossval import cross_validation, folds
 
 
 def multinomial_loss(X: Tensor, Y: Tensor, W: Tensor) -> Tensor:
@@ -48,6 +53,7 @@ def build(
     val_fraction: float = 0.25,
     test_fraction: float = 0.25,
     lam0: float = 1e-2,
+    cv_folds: int | None = None,
     tol: float = 1e-9,
     seed: int = 0,
     dtype: str = "float64",
@@ -60,6 +66,7 @@ def build(
         data_options: keyword arguments of the generator.
         val_fraction, test_fraction: split sizes (fractions of all rows; stratified).
         lam0: starting L2 weight of every class.
+        cv_folds: number of stratified folds of the criterion; ``None``: the validation split.
         tol: inner tolerance on ``‖∇_W f‖_∞``.
         seed: split seed.
         dtype, device: where the computation runs.
@@ -74,34 +81,51 @@ def build(
                               for name in ("y_train", "y_val", "y_test"))
     p = t.X_train.shape[1]
 
-    def objective(W: Tensor, theta: Tensor) -> Tensor:
-        penalty = 0.5 * (theta.exp() * W * W).sum()
-        return multinomial_loss(t.X_train, Y_train, W).mean() + penalty
+    def make_solver(X: Tensor, Y: Tensor) -> Smooth:
+        def objective(W: Tensor, theta: Tensor) -> Tensor:
+            return multinomial_loss(X, Y, W).mean() + 0.5 * (theta.exp() * W * W).sum()
+        return Smooth(objective, tol=tol)
 
-    def validation_loss(W: Tensor, theta: Tensor) -> Tensor:
-        return multinomial_loss(t.X_val, Y_val, W).mean()
+    def log_loss(W: Tensor, X: Tensor, Y: Tensor) -> Tensor:
+        return multinomial_loss(X, Y, W).mean()
+
+    zeros = torch.zeros(p, k, dtype=t.X_train.dtype, device=device)
+    X_fit, Y_fit = torch.cat([t.X_train, t.X_val]), torch.cat([Y_train, Y_val])
+    if cv_folds is None:
+        inner, y0, refit = make_solver(t.X_train, Y_train), zeros, make_solver(X_fit, Y_fit)
+
+        def outer(W: Tensor, theta: Tensor) -> Tensor:
+            return log_loss(W, t.X_val, Y_val)
+
+        def model(theta: Tensor, W: Tensor) -> Tensor:
+            return refit.run(theta, W)
+    else:
+        fit_labels = np.concatenate([s.y_train, s.y_val])
+        cv = cross_validation(X_fit, Y_fit, folds(len(fit_labels), cv_folds, fit_labels),
+                              make_solver, log_loss)
+        inner, outer, y0, model = cv.inner, cv.outer, zeros.expand(cv_folds, p, k).clone(), cv.refit
 
     def test_error(theta: Tensor, W: Tensor) -> float:
-        return error_rate(t.X_test, labels["y_test"], W)
+        return error_rate(t.X_test, labels["y_test"], model(theta, W))
 
     def extra_metrics(theta: Tensor, W: Tensor) -> dict[str, float]:
-        return {"test_logloss": float(multinomial_loss(t.X_test, Y_test, W).mean())}
+        return {"test_logloss": float(log_loss(model(theta, W), t.X_test, Y_test))}
 
     def baseline() -> tuple[float, dict[str, float]]:
         X_fit = np.vstack([s.X_train, s.X_val])
         y_fit = np.concatenate([s.y_train, s.y_val])
-        model = LogisticRegressionCV(
+        estimator = LogisticRegressionCV(
             Cs=10, cv=5, l1_ratios=(0.0,), scoring="neg_log_loss", fit_intercept=False, tol=1e-4,
             max_iter=5_000, random_state=seed, use_legacy_attributes=False,
         ).fit(X_fit, y_fit)
-        error = float(np.mean(model.predict(s.X_test) != s.y_test))
-        return error, {"lambda": 1.0 / (float(np.ravel(model.C_)[0]) * X_fit.shape[0])}
+        error = float(np.mean(estimator.predict(s.X_test) != s.y_test))
+        return error, {"lambda": 1.0 / (float(np.ravel(estimator.C_)[0]) * X_fit.shape[0])}
 
     problem = BilevelProblem(
-        inner=Smooth(objective, tol=tol),
-        outer=validation_loss,
+        inner=inner,
+        outer=outer,
         theta0=torch.full((k,), math.log(lam0), dtype=t.X_train.dtype, device=device),
-        y0=torch.zeros(p, k, dtype=t.X_train.dtype, device=device),
+        y0=y0,
         bounds=(-12 * math.log(10), 3 * math.log(10)),
     )
     return Task(

@@ -20,13 +20,15 @@ the layer (softmax + cross-entropy), trained with the same optimiser, epochs and
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bilevel.errors import KinkWarning
 from bilevel.layers import QPLayer
-from tasks.base import resolve_dtype
+from tasks.base import resolve_dtype, resolve_inner
 from tasks.network import NetworkTask, accuracy, digits, train
 
 N_FEATURES, N_CLASSES = 64, 10
@@ -35,9 +37,10 @@ N_FEATURES, N_CLASSES = 64, 10
 class SimplexProjection(nn.Module):
     """``p*(s)``, the QP of the module docstring, batched over the rows of ``s``."""
 
-    def __init__(self, classes: int, backend: str = "native", tol: float = 1e-10):
+    def __init__(self, classes: int, backend: str = "native", tol: float = 1e-10,
+                 **options: Any):
         super().__init__()
-        self.qp = QPLayer(backend, tol=tol)
+        self.qp = QPLayer(backend, tol=tol, **options)
         self.classes = classes
 
     def forward(self, scores: Tensor) -> Tensor:
@@ -62,6 +65,7 @@ def build(
     test_fraction: float = 0.25,
     backend: str = "native",
     tol: float = 1e-10,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -74,13 +78,17 @@ def build(
         test_fraction: held-out fraction (stratified split under ``seed``).
         backend: the QP backend (``"native"`` or ``"cvxpylayers"``).
         tol: QP tolerance (use ``≥ 1e-5`` in float32).
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver native |
+            cvxpylayers (overrides ``backend``), tol, maxiter.
         seed: split, initialisation and batch-order seed.
         dtype, device: where the computation runs.
     """
     tdtype = resolve_dtype(dtype)
     X, y, X_test, y_test = digits(seed, test_fraction, tdtype, device)
-    model = nn.Sequential(mlp(width, seed, tdtype, device), SimplexProjection(N_CLASSES,
-                                                                                backend, tol))
+    how = resolve_inner(inner, "qp_layer", (backend, *(b for b in ("native", "cvxpylayers")
+                                                       if b != backend)), tol)
+    model = nn.Sequential(mlp(width, seed, tdtype, device),
+                          SimplexProjection(N_CLASSES, how.solver, how.tol, **how.options))
 
     def brier(p: Tensor, labels: Tensor) -> Tensor:
         target = nn.functional.one_hot(labels, N_CLASSES).to(p.dtype)

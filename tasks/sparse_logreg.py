@@ -24,6 +24,7 @@ the validation split is small and LogisticRegressionCV does better (test log-los
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from torch.nn.functional import softplus
 from bilevel.outer import BilevelProblem
 from solvers import models
 from tasks import data
-from tasks.base import Task, resolve_dtype
+from tasks.base import Task, resolve_dtype, resolve_inner
 
 INTERCEPT_SCALING = 100.0
 DEFAULT_DATA = {"n_samples": 2000, "n_features": 200}
@@ -49,6 +50,7 @@ def build(
     test_fraction: float = 0.25,
     lam0_ratio: float = 0.1,
     tol: float = 1e-10,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -62,6 +64,8 @@ def build(
         val_fraction, test_fraction: split sizes (fractions of all rows; stratified).
         lam0_ratio: starting λ as a fraction of λ_max.
         tol: inner solver tolerance (KKT violation).
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            workingset | proxgrad, tol, maxiter.
         seed: split and generator seed.
         dtype, device: where the computation runs.
     """
@@ -108,9 +112,10 @@ def build(
             "n_nonzero": float(np.count_nonzero(model.coef_)),
         }
 
+    how = resolve_inner(inner, "sparse_logreg", models.SOLVERS, tol)
     problem = BilevelProblem(
         inner=models.sparse_logreg(torch.cat([t.X_train, ones], 1), t.y_train, lam=weights,
-                                   tol=tol),
+                                   tol=how.tol, solver=how.solver, **how.options),
         outer=validation_loss,
         theta0=torch.tensor(math.log(lam0_ratio * lam_max), dtype=t.X_train.dtype,
                             device=device),

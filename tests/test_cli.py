@@ -45,6 +45,29 @@ def test_misspelled_key_is_an_error_naming_it(tmp_path):
     assert "lrr" in proc.stderr
 
 
+def test_inner_group_switches_the_solver_and_keeps_the_trajectory(tmp_path):
+    """inner=proxgrad solves the same Lasso by FISTA: the same λ path to the solvers' tolerance."""
+    thetas = {}
+    for inner in ("default", "proxgrad"):
+        run_dir = tmp_path / inner
+        run_dir.mkdir()
+        proc = run_app(run_dir, f"inner={inner}", "steps=3", "test_every=0", "inner.tol=1e-12")
+        assert proc.returncode == 0, proc.stderr
+        thetas[inner] = [float(r["theta_0"]) for r in read_rows(run_dir / "metrics.csv")]
+    assert thetas["proxgrad"] == pytest.approx(thetas["default"], abs=1e-7)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("inner=newton", "workingset | proxgrad"),  # a solver the task does not offer: lists them
+    ("inner.tols=1e-8", "tols"),                # a misspelled key of the typed group
+    ("inner=foo", "inner/foo"),                 # an option that does not exist
+])
+def test_bad_inner_choice_is_an_error_naming_it(tmp_path, override, named):
+    proc = run_app(tmp_path, override, "steps=1")
+    assert proc.returncode != 0
+    assert named in proc.stderr
+
+
 def test_import_bilevel_does_not_import_hydra():
     code = "import sys, bilevel; assert 'hydra' not in sys.modules, 'hydra imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
