@@ -40,7 +40,8 @@ adjoint_tol=1e-3`` adds another run of ours with settings changed (repeatable), 
 same process; ``--models`` picks a subset of mlp, torchdeq, ours.
 
 Run:  .venv/bin/python benchmarks/deq.py [--epochs 20 --seed 0 --variant adjoint_tol=1e-3 ...]
-The last line printed is one JSON record.
+The last line printed is one JSON record; ``--json PATH`` writes the report's record
+(``common.write_results``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import warnings
 
 import numpy as np
 import torch
+from common import fmt_ratio, write_results  # benchmarks/common.py
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -224,6 +226,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...",
                     help="another run of ours with these settings changed (repeatable), e.g. "
                          "--variant tol=1e-3,adjoint_tol=1e-3")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="write the BENCHMARKS.md record here (common.write_results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     Xtr, ytr, Xte, yte = data(args.seed)
@@ -264,6 +268,48 @@ def main() -> None:
                                               "maxiter", "adjoint", "adjoint_tol",
                                               "adjoint_maxiter", "warm_start")}
     print(json.dumps({"benchmark": "deq_digits", "settings": settings, **results}))
+    write_results(args.json, "deq", [table(results, args)], notes=notes(results, args),
+                  data={"settings": settings, **results})
+
+
+NAMES = {"mlp": "explicit MLP (same width)", "torchdeq": "torchdeq 0.1.0, Anderson / Anderson",
+         "ours": "ours, `FixedPointLayer` defaults"}
+
+
+def table(results: dict, args: argparse.Namespace) -> dict:
+    """One row per model: median (mean) ms per epoch, test accuracy, iterations, ratio."""
+    rows = []
+    torchdeq = results.get("torchdeq", {}).get("ms_per_epoch_median")
+    for name, r in results.items():
+        label = NAMES.get(name, name)
+        if "failed" in r:
+            rows.append([label, "FAILED", "—", "—", r["failed"][:120]])
+            continue
+        iters = ", ".join(f"{k.split('_')[0]} {r[k]:.1f}" for k in ("forward_iters",
+                                                                    "adjoint_iters") if k in r)
+        rows.append([label, f"{r['ms_per_epoch_median']:.0f} ({r['ms_per_epoch']:.0f})",
+                     f"{100 * r['test_acc']:.1f}%", iters or "—",
+                     fmt_ratio(r["ms_per_epoch_median"], torchdeq)])
+    return {"title": f"DEQ classifier on digits, {args.epochs} epochs, seed {args.seed}",
+            "columns": ["model", "median (mean) ms / epoch", "test accuracy",
+                        "iterations per batch", "time / torchdeq"],
+            "rows": rows}
+
+
+def notes(results: dict, args: argparse.Namespace) -> list[str]:
+    out = []
+    td = results.get("torchdeq")
+    for name, r in results.items():
+        if name.startswith("ours") and "over_torchdeq_time" in r and td and "test_acc" in td:
+            ratio, acc_ok = r["over_torchdeq_time"], r["test_acc"] >= td["test_acc"]
+            met = ratio <= 0.5 and acc_ok
+            out.append(f"{name}: {ratio:.2f}× torchdeq's median time per epoch at "
+                       f"{100 * r['test_acc']:.1f}% vs {100 * td['test_acc']:.1f}% test "
+                       f"accuracy; target ≤ 0.5× at equal or better accuracy (issue 4): "
+                       f"{'met' if met else 'not met'}.")
+    if "torchdeq" not in results:
+        out.append("torchdeq not installed: no peer in this run.")
+    return out
 
 
 if __name__ == "__main__":

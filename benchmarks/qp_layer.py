@@ -22,7 +22,8 @@ Methods (``--methods``):
 Times are medians of ``--repeat`` forward + backward calls after one untimed warm-up call (layer
 construction excluded); torch runs on ``--threads`` threads (default ``THREADS``). ``max_dz`` is
 ``max |z − z_first|`` against the first method listed. Ratios are within one run only. The
-last line printed is one JSON record.
+last line printed is one JSON record; ``--json PATH`` writes the report's record
+(``common.write_results``: one table row per batch size and dtype).
 
 Run:  flock /tmp/bilevel-bench.lock .venv/bin/python benchmarks/qp_layer.py \\
           [--batch 1 128 1024 --dtype float64 float32 --methods native-hint moreau ...]
@@ -39,7 +40,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from common import THREADS  # benchmarks/common.py
+from common import THREADS, fmt_ratio, write_results  # benchmarks/common.py
 
 from solvers.qp import NativeQP, kkt_mapping
 from solvers.qp.kkt import as_params
@@ -208,6 +209,8 @@ def main() -> None:
     ap.add_argument("--engine-max-batch", type=int, default=128,
                     help="skip `native` above this batch (the engine's dense ∂yH costs "
                          "B·(n+p+m)·n² memory in its vmapped VJPs)")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="write the BENCHMARKS.md record here (common.write_results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # Moreau's solver='auto' note, numpy copy-keyword noise
@@ -231,6 +234,8 @@ def main() -> None:
                 except Exception as err:  # a peer failing is a result, not a crash
                     print(f"  B={B:5d} {dtype_name:8s} {method:12s} failed: "
                           f"{type(err).__name__}: {str(err)[:120]}")
+                    records.append({"batch": B, "dtype": dtype_name, "method": method,
+                                    "failed": f"{type(err).__name__}: {str(err)[:200]}"})
                     continue
                 z = z.double()
                 z_ref = z if z_ref is None else z_ref
@@ -246,9 +251,71 @@ def main() -> None:
                     print(f"  B={B:5d} {dtype_name:8s} {ours}/moreau = {ratio:.3f}")
                     records.append({"batch": B, "dtype": dtype_name,
                                     "ratio": f"{ours}/moreau", "value": ratio})
-    print(json.dumps({"n": args.n, "m": args.m, "p": args.p, "eps": args.eps,
-                      "seed": args.seed, "repeat": args.repeat, "threads": args.threads,
-                      "results": records}))
+    record = {"n": args.n, "m": args.m, "p": args.p, "eps": args.eps, "seed": args.seed,
+              "repeat": args.repeat, "threads": args.threads, "statistic": "median",
+              "results": records}
+    print(json.dumps(record))
+    write_results(args.json, "qp_layer", [table(records, args)], notes=notes(records, args),
+                  data=record)
+
+
+LABELS = {"native": "native", "native-hint": "native, closed-form adjoint",
+          "moreau": "cvxpylayers + Moreau", "diffcp": "cvxpylayers + diffcp (eps 1e-9)",
+          "qpth": "qpth"}
+
+
+def table(records: list[dict], args: argparse.Namespace) -> dict:
+    """One row per (B, dtype): median ms of every method (— where not run), ours over each
+    peer (ours = ``native``, or ``native-hint`` where ``native`` was not run, marked ᵃ), and
+    each method's max |z − z_first|. The columns do not depend on ``--methods``, so the
+    report merges the tables of several runs."""
+    times: dict[tuple[int, str], dict[str, float]] = {}
+    dz: dict[tuple[int, str], list[str]] = {}
+    for r in records:
+        if "method" in r:
+            key = (r["batch"], r["dtype"])
+            times.setdefault(key, {})[r["method"]] = r.get("seconds", math.nan)
+            if r.get("max_dz"):
+                dz.setdefault(key, []).append(f"{r['method']} {r['max_dz']:.0e}")
+    peers = ("moreau", "diffcp", "qpth")
+    columns = ["B, dtype", *(f"{LABELS[m]} (ms)" for m in METHODS),
+               *(f"ours / {LABELS[p].split(' (')[0]}" for p in peers), "max |z − z_first|"]
+    rows = []
+    for (B, dtype), t in times.items():
+        ok = {m: v for m, v in t.items() if not math.isnan(v)}
+        mine = ok.get("native", ok.get("native-hint"))
+        mark = "" if "native" in ok or mine is None else "ᵃ"
+        rows.append([f"{B}, {dtype}", *(_ms(t.get(m)) for m in METHODS),
+                     *(fmt_ratio(mine, ok.get(p)) + (mark if p in ok else "") for p in peers),
+                     ", ".join(dz.get((B, dtype), []))])
+    return {"title": f"Batched QP layer: forward + backward, n={args.n}, m={args.m}"
+                     + (f", p={args.p}" if args.p else "") + " (median ms; ᵃ: ours = "
+                     "native with its closed-form adjoint)",
+            "columns": columns, "rows": rows}
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return "failed" if math.isnan(seconds) else f"{1e3 * seconds:.1f}"
+
+
+def notes(records: list[dict], args: argparse.Namespace) -> list[str]:
+    out = [f"B ∈ {{{', '.join(map(str, args.batch))}}}: median of {args.repeat} timed calls "
+           f"after a warm-up, torch on {args.threads} thread(s); z_first: the first method "
+           "measured in the row."]
+    out += [f"B={r['batch']} {r['dtype']}: {r['method']} failed ({r['failed']})."
+            for r in records if "failed" in r]
+    if "native" in args.methods and max(args.batch) > args.engine_max_batch:
+        out.append(f"`native` skipped above B={args.engine_max_batch} (--engine-max-batch); "
+                   "`native-hint` is the same solver with its closed-form adjoint there.")
+    for r in records:
+        if r.get("ratio", "").startswith("native/") and r["batch"] == 128 \
+                and r["dtype"] == "float64" and r["ratio"] == "native/moreau":
+            met = r["value"] <= 0.5
+            out.append(f"B=128 float64: native / Moreau = {r['value']:.2f}; target ≤ 0.5 "
+                       f"(issue 4) {'met' if met else 'not met'}.")
+    return out
 
 
 if __name__ == "__main__":
