@@ -222,7 +222,7 @@ def rows_for(name: str, task, traces: dict[str, Trace], cv, args) -> list[list[s
         if i is None:
             return [name, label, str(trace.n_hyper), "0", "—", "—", "—", "—", "—"]
         n_eval = sum(1 for t, *_ in trace.points if t_cut is None or t <= t_cut)
-        wall = trace.wall if t_cut is None else t_cut
+        wall = trace.wall if t_cut is None else min(t_cut, trace.wall)
         val, test = trace.points[i][1], trace.test_at[i]
         reach = ratio = "—"
         if ref is not None and trace is not ref:
