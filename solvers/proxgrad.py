@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from solvers.base import (
+    DivergenceError,
     SolveInfo,
     Structure,
     Theta,
@@ -46,6 +47,9 @@ class ProxGrad:
         tol: tolerance on the gradient-mapping norm ``max|H|/η``.
         maxiter: iteration cap; a :class:`~solvers.base.ConvergenceWarning` is raised there.
         batch_ndim: leading dimensions of ``y`` that index independent problems.
+
+    Raises:
+        DivergenceError: (from ``run``) an iterate became NaN/Inf (rather than returning it).
 
     Attributes:
         info: :class:`~solvers.base.SolveInfo` of the last ``run``.
@@ -88,13 +92,22 @@ class ProxGrad:
         if self.step is None:
             self.step = self._initial_step(x, theta, grad)
         step = self.step
+        self._check_prox(x - step * grad, theta, step)
         y, t = x, 1.0
         f_y, g_y = value, grad
         iterations, converged = 0, False
         while iterations < self.maxiter and not converged:
             iterations += 1
             x_new, step = self._prox_step(y, f_y, g_y, theta, step)
-            if float((x_new - y).abs().max()) / step <= self.tol:  # small at y: check x_new
+            change = float((x_new - y).abs().max())
+            if not math.isfinite(change):
+                self.info = SolveInfo(iterations, math.inf, self.tol, False, step)
+                raise DivergenceError(
+                    f"ProxGrad: the iterate became non-finite at iteration {iterations} (the "
+                    "prox or ∇f returned NaN/Inf from finite points): check the prox's "
+                    "parameters (NaN, Inf, overflow of e.g. exp(theta)) and the scale of the data"
+                )
+            if change / step <= self.tol:  # small at y: check x_new
                 self.step = step
                 converged = self._residual(x_new, theta) <= self.tol
             if self.acceleration:
@@ -160,6 +173,23 @@ class ProxGrad:
                 "for NaN/Inf values"
             )
         return value, grad
+
+    def _check_prox(self, v: Tensor, theta: Theta, step: float) -> None:
+        """One prox evaluation at the first point: a failure or a wrong output names the prox
+        (a raw torch error from inside the loop would not)."""
+        try:
+            out = self.prox(v, theta, step)
+        except RuntimeError as err:
+            raise ValueError(
+                f"prox(v, theta, step) failed for v of shape {tuple(v.shape)} ({v.dtype} on "
+                f"{v.device}): {err}; its parameters must broadcast against y and live on "
+                "y's dtype and device"
+            ) from err
+        if not isinstance(out, Tensor) or out.shape != v.shape or out.dtype != v.dtype:
+            got = (f"{tuple(out.shape)} {out.dtype}" if isinstance(out, Tensor)
+                   else type(out).__name__)
+            raise ValueError(f"prox(v, theta, step) returned {got} for v of shape "
+                             f"{tuple(v.shape)} {v.dtype}: it must return a point like v")
 
     def _prox_step(self, y: Tensor, f_y: Tensor, g_y: Tensor, theta: Theta, step: float
                    ) -> tuple[Tensor, float]:

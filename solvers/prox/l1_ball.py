@@ -9,10 +9,11 @@ Kink set: ``‖v‖₁ = r`` (the ball's boundary), and outside the ball ``|v_i|
 (the support changes). Jacobian w.r.t. ``v``: ``I`` inside; outside, ``I − ssᵀ/|S|`` on
 ``S × S`` and zero elsewhere. On the boundary the returned element is the identity (the inside
 piece, as :func:`~solvers.prox.l2_ball.l2_ball`); on a support kink the kinked coordinate is
-treated as off the support (constant piece): its row and column are zero. Jacobian w.r.t. ``r``:
-0 inside (and on the boundary), ``s/|S|`` on ``S`` outside. Inactive coordinates (zero Jacobian
-row): none inside; outside, ``|v_i| ≤ τ``, and the single support coordinate when ``|S| = 1``
-(its output is the constant ``±r``).
+treated as off the support (constant piece): its row and column are zero (rows and columns
+follow the one sorted support ``S``, as in :func:`~solvers.prox.simplex.simplex`). Jacobian
+w.r.t. ``r``: 0 inside (and on the boundary), ``s/|S|`` on ``S`` outside. Inactive coordinates
+(zero Jacobian row): none inside; outside, those off ``S`` (``|v_i| ≤ τ``), and the single
+support coordinate when ``|S| = 1`` (its output is the constant ``±r``).
 
 ``kink_distance``: per coordinate, the smaller of ``|‖v‖₁ − r|`` and (outside) ``||v_i| − τ|``.
 ``kink_normal``: where the support kink is the nearer one, ``sign(v_i)`` (``+1`` at ``v_i = 0``),
@@ -28,8 +29,7 @@ from torch import Size, Tensor
 
 from solvers.prox._checks import require_positive
 from solvers.prox.base import ProxReport, record
-from solvers.prox.l1 import _soft_threshold
-from solvers.prox.simplex import _threshold
+from solvers.prox.simplex import _threshold, positive_part
 
 
 def l1_ball(v: Tensor, radius: Tensor | float = 1.0) -> Tensor:
@@ -52,23 +52,23 @@ def l1_ball(v: Tensor, radius: Tensor | float = 1.0) -> Tensor:
     outside = norm > r
     # τ of |v| for every vector (finite inside too, where it is unused: r > 0 gives |S| ≥ 1);
     # differentiable through Σ_S |v_i| and r only, the support being detached.
-    tau, size, support = _threshold(v.abs(), r)
+    gap, size, support = _threshold(v.abs(), r)
     # strict ">": on the boundary torch.where takes v, the identity piece.
-    out = torch.where(outside, _soft_threshold(v, tau), v)
-    record(lambda: _report(v, norm, r, outside, tau, size, support, out.shape))
+    # sign(v)·max(|v| − τ, 0), its rows and τ's columns from the one sorted support
+    out = torch.where(outside, torch.sign(v) * positive_part(gap, support), v)
+    record(lambda: _report(v, norm, r, outside, gap, size, support, out.shape))
     return out
 
 
-def _report(v: Tensor, norm: Tensor, r: Tensor | float, outside: Tensor, tau: Tensor,
+def _report(v: Tensor, norm: Tensor, r: Tensor | float, outside: Tensor, gap: Tensor,
             size: Tensor, support: Tensor, shape: Size) -> ProxReport:
     v = v.detach()
     norm = norm.detach()
     r = r.detach() if isinstance(r, Tensor) else r
-    tau = tau.detach()
-    gap = v.abs() - tau
+    gap = gap.detach()  # |v| − τ
     to_ball = (norm - r).abs()
     # Exactly the zero rows of autograd's Jacobian (see simplex._report), outside only.
-    inactive = outside & ((gap <= 0) | (support & (size == 1)))
+    inactive = outside & (~support | (size == 1))
     to_support = torch.where(outside, gap.abs(), torch.full_like(gap, float("inf")))
     lift = torch.where(v >= 0, 1.0, -1.0).to(v.dtype)
     return ProxReport(
