@@ -251,36 +251,47 @@ def rows_for(name: str, task, traces: dict[str, Trace], cv, args) -> list[list[s
 
 
 def plot(results, path: str) -> None:
+    """Per task: the validation loss of the selected θ and its held-out metric against wall
+    time (log scale), each zoomed on the methods' end points (early values run off the top)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 7), squeeze=False)
     for col, (name, (_, traces, cv)) in enumerate(results.items()):
         top, bottom = axes[0, col], axes[1, col]
+        curves = {}
         for key, trace in traces.items():
             picks = trace.best_so_far()
-            if not picks:
-                continue
-            t = [max(trace.points[i][0], 1e-3) for i in picks] + [max(trace.wall, 1e-3)]
-            v = [trace.points[i][1] for i in picks] + [trace.points[picks[-1]][1]]
-            m = [trace.test_at[i] for i in picks] + [trace.test_at[picks[-1]]]
-            label = f"{key} ({trace.n_hyper} hyperparameter{'s' if trace.n_hyper > 1 else ''})"
+            if picks:
+                t = [max(trace.points[i][0], 1e-3) for i in picks] + [max(trace.wall, 1e-3)]
+                v = [trace.points[i][1] for i in picks] + [trace.points[picks[-1]][1]]
+                m = [trace.test_at[i] for i in picks] + [trace.test_at[picks[-1]]]
+                curves[key] = (t, v, m, trace.n_hyper)
+        if not curves:
+            continue
+        for key, (t, v, m, n_hyper) in curves.items():
+            label = f"{key} ({n_hyper} hyperparameter{'s' if n_hyper > 1 else ''})"
             top.step(t, v, where="post", label=label)
             bottom.step(t, m, where="post", label=label)
         if cv is not None:
             bottom.plot([cv[0]], [cv[1]], "k*", ms=10, label="CV estimator (1 shared)")
+        for ax, index, extra in ((top, 1, []), (bottom, 2, [cv[1]] if cv is not None else [])):
+            lo = min(min(c[index]) for c in curves.values())
+            hi = max([c[index][-1] for c in curves.values()] + extra)
+            span = max(hi - lo, 1e-3 * abs(lo))
+            ax.set_ylim(lo - 0.1 * span, hi + span)
         for ax in (top, bottom):
             ax.set_xscale("log")
-            ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.set_xlabel("wall time (s)")
             ax.grid(True, which="major", lw=0.3)
         top.set_ylabel("validation loss of the selected θ")
-        bottom.set_ylabel(f"held-out {METRIC.get(name, 'metric')}")
+        bottom.set_ylabel(f"held-out {METRIC.get(name, 'metric')} of the selected θ")
         top.set_title(name)
         bottom.legend(fontsize=7)
     fig.tight_layout()
