@@ -5,13 +5,15 @@ Inner problem (n rows, K classes, one-hot labels ``Y``):
     (features standardised on train, no intercept; smooth and strongly convex: ``solvers.Smooth``,
     Newton-CG on the ``p × K`` unknowns, mapping ``H = ∇_W f``, no kinks).
 Outer loss, over ``θ ∈ R^K`` started at ``θ_c = log lam0`` for every class:
-    - ``cv_folds=null`` (default): inner problem on train, mean log-loss on the validation split;
-    - ``cv_folds=F``: mean multinomial log-loss over the ``F`` stratified folds of
-      train ∪ validation (one inner problem per fold, ``tasks.crossval``: the baseline's folds
-      and score; ``F`` times the cost of a step).
-Test metric: misclassification rate on the test split of the model refitted on
-    train ∪ validation at the selected θ (the data the baseline is fitted on).
-Extra metrics: test log-loss.
+    - ``cv_folds=F`` (default 5): mean multinomial log-loss over the ``F`` stratified folds of
+      train ∪ validation (one inner problem per fold, ``tasks.crossval``): the baseline's folds
+      and score, so both select by the same criterion (``F`` inner solves per step);
+    - ``cv_folds=null``: inner problem on train, mean log-loss on the validation split (ten
+      weights tuned on one split of 450 rows overfit it: measured test error 0.044 after 100
+      steps against 0.036 with the CV criterion).
+Test metric: log-loss on the test split (the proper score both methods select by) of the model
+    refitted on train ∪ validation at the selected θ (the data the baseline is fitted on).
+Extra metrics: test misclassification rate (450 test rows: one error is 0.0022).
 Baseline: ``sklearn.linear_model.LogisticRegressionCV`` (multinomial, one L2 weight for all
     classes, 5-fold on train ∪ validation, 10 values of C scored by log-loss, no intercept:
     the same model with ``λ = 1/(C n)``).
@@ -53,7 +55,7 @@ def build(
     val_fraction: float = 0.25,
     test_fraction: float = 0.25,
     lam0: float = 1e-2,
-    cv_folds: int | None = None,
+    cv_folds: int | None = 5,
     tol: float = 1e-9,
     seed: int = 0,
     dtype: str = "float64",
@@ -105,11 +107,11 @@ def build(
                               make_solver, log_loss)
         inner, outer, y0, model = cv.inner, cv.outer, zeros.expand(cv_folds, p, k).clone(), cv.refit
 
-    def test_error(theta: Tensor, W: Tensor) -> float:
-        return error_rate(t.X_test, labels["y_test"], model(theta, W))
+    def test_logloss(theta: Tensor, W: Tensor) -> float:
+        return float(log_loss(model(theta, W), t.X_test, Y_test))
 
     def extra_metrics(theta: Tensor, W: Tensor) -> dict[str, float]:
-        return {"test_logloss": float(log_loss(model(theta, W), t.X_test, Y_test))}
+        return {"test_error": error_rate(t.X_test, labels["y_test"], model(theta, W))}
 
     def baseline() -> tuple[float, dict[str, float]]:
         X_fit = np.vstack([s.X_train, s.X_val])
@@ -118,8 +120,10 @@ def build(
             Cs=10, cv=5, l1_ratios=(0.0,), scoring="neg_log_loss", fit_intercept=False, tol=1e-4,
             max_iter=5_000, random_state=seed, use_legacy_attributes=False,
         ).fit(X_fit, y_fit)
-        error = float(np.mean(estimator.predict(s.X_test) != s.y_test))
-        return error, {"lambda": 1.0 / (float(np.ravel(estimator.C_)[0]) * X_fit.shape[0])}
+        proba = estimator.predict_proba(s.X_test)
+        score = float(np.mean(-np.log(proba[np.arange(len(s.y_test)), s.y_test])))
+        return score, {"lambda": 1.0 / (float(np.ravel(estimator.C_)[0]) * X_fit.shape[0]),
+                       "test_error": float(np.mean(estimator.predict(s.X_test) != s.y_test))}
 
     problem = BilevelProblem(
         inner=inner,
@@ -131,8 +135,8 @@ def build(
     return Task(
         name="multinomial_l2",
         problem=problem,
-        test_metric_name="test_error",
-        test_metric=test_error,
+        test_metric_name="test_logloss",
+        test_metric=test_logloss,
         hyperparameters=lambda theta: {f"lambda_{c}": float(v) for c, v in
                                        enumerate(theta.detach().exp())},
         baseline_name="sklearn LogisticRegressionCV (one L2 weight, 5-fold log-loss on "

@@ -17,7 +17,7 @@ from tests.helpers import assert_directional
 
 
 def test_inner_solution_matches_sklearn_for_equal_weights():
-    task = build(dataset="iris", tol=1e-12)
+    task = build(dataset="iris", tol=1e-12, cv_folds=None)
     s = data.split(data.load("iris", labels="multiclass"), 0.25, 0.25, seed=0, stratify=True)
     lam = 0.05
     W = task.problem.inner.run(torch.full((3,), np.log(lam), dtype=torch.float64),
@@ -28,8 +28,9 @@ def test_inner_solution_matches_sklearn_for_equal_weights():
                                atol=1e-7)
 
 
-def test_hypergradient_matches_central_differences():
-    task = build(dataset="iris", tol=1e-12)
+@pytest.mark.parametrize("cv_folds", [None, 3])
+def test_hypergradient_matches_central_differences(cv_folds):
+    task = build(dataset="iris", tol=1e-12, cv_folds=cv_folds)
     problem = task.problem
     theta = torch.tensor([-3.0, -2.0, -4.0], dtype=torch.float64, requires_grad=True)
     W = bilevel.implicit_solve(problem.inner, theta, problem.y0)
@@ -41,13 +42,15 @@ def test_hypergradient_matches_central_differences():
     assert_directional(theta.grad, value, theta.detach(), h=1e-4, rtol=1e-6)
 
 
-@pytest.mark.slow
-def test_tuned_weights_are_no_worse_than_logisticregressioncv_on_digits():
+@pytest.mark.slow  # 100 steps of 5 folds: minutes on the shared 2-core machine
+def test_default_configuration_beats_logisticregressioncv_on_digits():
     task = build()
-    result = run_outer(ImplicitGD(), task.problem, 30)
+    result = run_outer(ImplicitGD(), task.problem, 100)  # conf/outer/implicit.yaml, 100 steps
     ours = task.test_metric(result.theta, result.y)
-    baseline, _ = task.baseline()
-    assert ours <= baseline, (ours, baseline)
+    baseline, extra = task.baseline()
+    assert ours < baseline, (ours, baseline)  # measured: test log-loss 0.1180 vs 0.1219
+    error = task.extra_metrics(result.theta, result.y)["test_error"]
+    assert error <= extra["test_error"] + 2 / 450  # measured: 17 vs 16 errors of 450
 
 
 def test_yaml_composes_and_matches_the_build_defaults():
