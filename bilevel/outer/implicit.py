@@ -20,6 +20,9 @@ the first step, every ``calibrate_every`` steps, and whenever a solve stops at a
 above the range it was measured on; a measuring step uses the hypergradient at
 ``inner_tol_min``. Rows then also hold ``inner_tol`` and ``hypergrad_error_bound``
 (``safety·Ĉ·residual``). With both options None (default) nothing changes: same trajectory.
+The rows' ``outer_value`` is then ``F`` at the loosely solved ``ŷ`` (its error is of order
+``‖∂yF‖·‖ŷ − y*‖``, not controlled by ``δ``), so the best iterate that ``run_outer`` picks by
+that value is only as good as that precision: near θ* prefer the last θ, or re-evaluate.
 """
 
 from __future__ import annotations
