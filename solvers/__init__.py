@@ -7,9 +7,11 @@ from solvers.fixed_point import FixedPoint
 from solvers.proxgrad import ProxGrad
 from solvers.qp.qp import QP
 from solvers.smooth import Smooth
+from solvers.stacked import Stacked
 from solvers.workingset import WorkingSet
 
 __all__ = [
     "ConvergenceWarning", "DivergenceError", "FixedPoint", "InnerSolver", "ProxGrad", "QP",
-    "Smooth", "SolveInfo", "Structure", "WorkingSet", "datafits", "models", "penalties", "prox",
+    "Smooth", "SolveInfo", "Stacked", "Structure", "WorkingSet", "datafits", "models",
+    "penalties", "prox",
 ]
