@@ -24,6 +24,7 @@ Default data: scikit-learn's digits (1,797 × 64, 10 classes).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,9 @@ from torch import Tensor
 
 from bilevel.outer import BilevelProblem
 from solvers import Smooth
+from solvers.smooth import METHODS
 from tasks import data
-from tasks.base import Task, resolve_dtype
+from tasks.base import Task, resolve_dtype, resolve_inner
 from tasks.crossval import cross_validation, folds
 
 
@@ -57,6 +59,7 @@ def build(
     lam0: float = 1e-2,
     cv_folds: int | None = 5,
     tol: float = 1e-9,
+    inner: Mapping[str, Any] | None = None,
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -70,6 +73,8 @@ def build(
         lam0: starting L2 weight of every class.
         cv_folds: number of stratified folds of the criterion; ``None``: the validation split.
         tol: inner tolerance on ``‖∇_W f‖_∞``.
+        inner: the app's ``inner`` group (``tasks.base.resolve_inner``): solver
+            newton | lbfgs, tol, maxiter.
         seed: split seed.
         dtype, device: where the computation runs.
     """
@@ -83,10 +88,12 @@ def build(
                               for name in ("y_train", "y_val", "y_test"))
     p = t.X_train.shape[1]
 
+    how = resolve_inner(inner, "multinomial_l2", METHODS, tol)
+
     def make_solver(X: Tensor, Y: Tensor) -> Smooth:
         def objective(W: Tensor, theta: Tensor) -> Tensor:
             return multinomial_loss(X, Y, W).mean() + 0.5 * (theta.exp() * W * W).sum()
-        return Smooth(objective, tol=tol)
+        return Smooth(objective, method=how.solver, tol=how.tol, **how.options)
 
     def log_loss(W: Tensor, X: Tensor, Y: Tensor) -> Tensor:
         return multinomial_loss(X, Y, W).mean()
