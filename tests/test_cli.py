@@ -152,6 +152,17 @@ def test_network_task_runs_through_the_app_with_its_baseline(tmp_path):
     assert (tmp_path / "convergence.png").stat().st_size > 1000
 
 
+def test_qp_layer_task_runs_through_the_app_with_an_inner_choice(tmp_path):
+    proc = run_app(tmp_path, "task=qp_layer", "task.epochs=2", "task.width=8", "inner=native",
+                   "inner.tol=1e-9")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["task"] == "qp_layer" and result["n_outer_steps"] == 2
+    assert result["test_metric_name"] == "test_pinball" and 0 < result["test_metric"] < 60
+    assert result["hyperparameters"]["crossing_rate"] == 0.0  # the layer orders the quantiles
+    assert "crossing_rate" in result["baseline_hyperparameters"]
+
+
 def test_task_figures_and_test_metric_trace_reach_the_run_files(tmp_path):
     proc = run_app(tmp_path, "task=elastic_net", "steps=6", "test_every=2")
     assert proc.returncode == 0, proc.stderr
