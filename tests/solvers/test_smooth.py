@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import LogisticRegression
 
 import bilevel
+import solvers.smooth
 from solvers.smooth import Smooth
 from tests.helpers import assert_directional
 
@@ -231,6 +232,31 @@ def test_newton_cg_matches_dense_newton_and_batches_match_loop():
         for i, lam in enumerate(lams):
             single = Smooth(lambda w, t: batched(w[None], t)[0], tol=1e-11)
             assert torch.allclose(W[i], single.run(lam, torch.zeros(22, dtype=F64)), atol=1e-9)
+
+
+def test_chord_steps_reach_the_newton_solution_with_fewer_hessians(monkeypatch):
+    """reuse > 0: the Hessian factor is kept while it converges fast (chord steps), the solution
+    is Newton's to tolerance, and a run depends on its arguments only (no state across runs)."""
+    f = binary_objective(*binary())
+    theta = binary_theta()
+    built = []
+    dense = solvers.smooth._Run._newton_dense
+    monkeypatch.setattr(solvers.smooth._Run, "_newton_dense",
+                        lambda run, g, it: built.append(it) or dense(run, g, it))
+    w0 = Smooth(f, tol=1e-12).run(theta, torch.zeros(22, dtype=F64))
+    solutions, hessians = {}, {}
+    for reuse in (0.0, 0.1):
+        solver = Smooth(f, tol=1e-12, reuse=reuse)
+        built.clear()
+        solutions[reuse] = solver.run(theta + 0.5, w0)  # warm start at a nearby θ (outer step)
+        hessians[reuse] = len(built)
+        assert solver.info.converged
+        solver.run(theta - 1.0, w0)  # another run in between changes nothing
+        assert torch.equal(solver.run(theta + 0.5, w0), solutions[reuse])
+    assert torch.allclose(solutions[0.1], solutions[0.0], rtol=0, atol=1e-10)
+    assert hessians[0.1] < hessians[0.0]
+    with pytest.raises(ValueError, match="reuse"):
+        Smooth(f, reuse=1.0)
 
 
 # -- protocol and failure modes -------------------------------------------------------------------
