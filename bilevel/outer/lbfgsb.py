@@ -1,8 +1,10 @@
 """Projected L-BFGS on θ in a box, with exact inner solves and implicit hypergradients.
 
 For a deterministic bilevel problem ``min_{l ≤ θ ≤ u} h(θ) = F(y*(θ), θ)``: every evaluation
-solves the inner problem (warm-started at the last accepted ``y*``) and returns ``h(θ)`` and
-``∇h(θ) = ∂θF + Aᵀu`` with ``Bᵀu = −∂yF`` (``bilevel.implicit_solve``). One step:
+solves the inner problem (warm-started at the last accepted ``y*``) and returns ``h(θ)``; the
+hypergradient ``∇h(θ) = ∂θF + Aᵀu`` with ``Bᵀu = −∂yF`` (``bilevel.implicit_solve``) is taken
+only at accepted points, so a rejected line-search trial costs one inner solve and no adjoint
+solve. One step:
 
 1. *Active set*: coordinate ``j`` is held at its bound when ``θ_j = l_j`` and ``∂_j h > 0``, or
    ``θ_j = u_j`` and ``∂_j h < 0`` (the projected gradient is zero there).
@@ -10,9 +12,12 @@ solves the inner problem (warm-started at the last accepted ``y*``) and returns 
    last ``memory`` pairs ``(s, r) = (θ_{k+1} − θ_k, ∇h_{k+1} − ∇h_k)`` restricted to them,
    ``d_j = 0`` on the active ones; the initial scaling is ``sᵀr / rᵀr`` of the newest pair.
    When ``d`` is not a descent direction the memory is dropped and ``d = −g`` on the free set.
-3. *Projected backtracking*: ``θ(t) = Π_box(θ + t d)`` for ``t = 1, ½, ¼, …`` (the first step
-   is scaled to move θ by at most ``first_step`` in ∞-norm), accepted when
-   ``h(θ(t)) ≤ h(θ) + c₁ ∇h(θ)ᵀ(θ(t) − θ)`` (Armijo along the projection arc).
+3. *Projected backtracking*: ``θ(t) = Π_box(θ + t d)`` from ``t = 1`` (on the first step, and
+   whenever the memory is empty, ``t`` moves θ by ``first_step`` in ∞-norm: the hypergradient's
+   scale says nothing about the step's), accepted when
+   ``h(θ(t)) ≤ h(θ) + c₁ ∇h(θ)ᵀ(θ(t) − θ)`` (Armijo along the projection arc); a rejected ``t``
+   is replaced by the minimiser of the quadratic through ``h(θ)``, that slope and
+   ``h(θ(t))``, kept within ``[t/10, t/2]``.
    When no step length decreases h, the row carries ``stalled = 1`` and
    :func:`~bilevel.outer.base.run_outer` stops (status ``"stalled"``).
 4. The pair is kept when ``sᵀr > 10⁻¹⁰ ‖s‖ ‖r‖`` (curvature condition; skipped otherwise).
@@ -51,7 +56,7 @@ class BoundedLBFGS:
 
     Args:
         memory: number of correction pairs kept.
-        first_step: largest ∞-norm move of θ on the first step (no curvature known yet).
+        first_step: ∞-norm move of θ on the first step (no curvature known yet).
         max_backtracks: halvings of the step before the line search is declared failed.
         adjoint: adjoint settings passed to :func:`bilevel.implicit_solve`.
 
@@ -81,11 +86,16 @@ class BoundedLBFGS:
     def evaluate(self, problem: BilevelProblem, theta: Tensor, y_init: Tensor
                  ) -> tuple[float, Tensor, Tensor]:
         """``(h(θ), ∇h(θ), y*(θ))`` with the inner solve warm-started at ``y_init``."""
+        trial = self._trial(problem, theta, y_init)
+        return trial.value, trial.gradient(), trial.y
+
+    def _trial(self, problem: BilevelProblem, theta: Tensor, y_init: Tensor) -> _Trial:
+        """``h(θ)`` by one warm-started inner solve; ``∇h(θ)`` (the adjoint solve) only on
+        demand, so a rejected line-search trial costs no adjoint solve."""
         t = theta.detach().clone().requires_grad_(True)
         y = implicit_solve(problem.inner, t, y_init, adjoint=self.adjoint)
         value = problem.outer(y, t)
-        (grad,) = torch.autograd.grad(value, t)
-        return float(value.detach()), grad.detach(), y.detach()
+        return _Trial(float(value.detach()), y.detach(), value, t)
 
     def step(self, problem: BilevelProblem, state: OuterState) -> dict[str, Any]:
         extra = state.extra
@@ -106,32 +116,33 @@ class BoundedLBFGS:
         if not slope < 0:  # not a descent direction: drop the memory
             extra["s"], extra["r"] = [], []
             direction = torch.where(free, -grad, torch.zeros_like(grad))
-        if not extra["s"]:
-            move = float(direction.abs().max())
-            t = min(1.0, self.first_step / move) if move > 0 else 1.0
+        move = float(direction.abs().max())
+        if not extra["s"]:  # no curvature known: move θ by first_step (∞-norm)
+            t = self.first_step / move if move > 0 else 1.0
         else:
             t = 1.0
         for _ in range(self.max_backtracks):
             candidate = _project(theta + t * direction, problem)
             try:
-                new_value, new_grad, new_y = self.evaluate(problem, candidate, state.y)
+                trial = self._trial(problem, candidate, state.y)
             except (DivergenceError, ValueError):  # e^θ overflow etc.: shorten the step
                 t *= 0.5
                 continue
             decrease = float((grad * (candidate - theta)).sum())
-            if math.isfinite(new_value) and new_value <= value + _ARMIJO * decrease:
+            if math.isfinite(trial.value) and trial.value <= value + _ARMIJO * decrease:
                 break
-            t *= 0.5
+            t *= _shrink(value, trial.value, decrease)
         else:  # θ unchanged: h is flat to rounding along d (optimal to working precision)
             row["stalled"] = 1.0  # run_outer stops here
             state.step += 1
             return row
+        new_grad = trial.gradient()
         s, r = (candidate - theta).flatten(), (new_grad - grad).flatten()
         if float(s @ r) > _CURVATURE * float(s.norm() * r.norm()):
             extra["s"] = (extra["s"] + [s])[-self.memory:]
             extra["r"] = (extra["r"] + [r])[-self.memory:]
-        state.theta, state.y = candidate, new_y
-        extra["value"], extra["grad"] = new_value, new_grad
+        state.theta, state.y = candidate, trial.y
+        extra["value"], extra["grad"] = trial.value, new_grad
         row["step_size"] = t
         state.step += 1
         return row
@@ -155,6 +166,30 @@ class BoundedLBFGS:
             b = rho * float(r @ q)
             q = q + (a - b) * s
         return (-q * mask).reshape(grad.shape)
+
+
+@dataclass
+class _Trial:
+    """One evaluation of h: the value, y*, and the graph to differentiate on demand."""
+
+    value: float
+    y: Tensor
+    _value: Tensor
+    _theta: Tensor
+
+    def gradient(self) -> Tensor:
+        (grad,) = torch.autograd.grad(self._value, self._theta)
+        return grad.detach()
+
+
+def _shrink(value: float, new_value: float, decrease: float) -> float:
+    """Factor by which to shorten a rejected step: the minimiser of the quadratic through
+    ``h(θ)``, the slope ``decrease`` = ∇h(θ)ᵀ(θ(t) − θ) and ``h(θ(t))``, kept in [0.1, 0.5]
+    (0.5 when ``h(θ(t))`` is not finite)."""
+    curvature = new_value - value - decrease
+    if not (math.isfinite(new_value) and curvature > 0):
+        return 0.5
+    return min(0.5, max(0.1, -decrease / (2 * curvature)))
 
 
 def _project(theta: Tensor, problem: BilevelProblem) -> Tensor:
