@@ -20,7 +20,7 @@ Methods:
   products (Newton-CG; the graph of ``∇f`` is built once per Newton step and reused by every
   product), with the Eisenstat–Walker forcing term ``min(½, √‖∇f‖)``. With ``reuse > 0`` the
   dense path takes *chord* steps: the Cholesky factor of the last Hessian built in this run is
-  kept while a step with it reduces ‖∇f‖_∞ at least ``reuse``-fold (one gradient per step
+  kept while a step with it multiplies ‖∇f‖_∞ by at most ``reuse`` (one gradient per step
   instead of ``k`` Hessian-vector products), and the Hessian is rebuilt at the next step once a
   step falls short. Each run starts with a fresh Hessian, so ``run(θ, init)`` depends on its
   arguments only.
@@ -80,10 +80,10 @@ class Smooth:
             the Hessian (``k`` Hessian-vector products per step); above it Newton-CG is used,
             which needs only as many products as CG iterations (about 8 per step on 1000
             digits × 64 features × 10 classes, against 640 for the dense Hessian).
-        reuse: dense Newton only: keep the last Hessian factor while each step it gives cuts
-            ``‖∇f‖_∞`` at least this many times (``0 ≤ reuse < 1``; e.g. 0.1 when a Hessian
-            costs much more than a gradient, as on many rows and few features); 0: a fresh
-            Hessian at every step (pure Newton).
+        reuse: dense Newton only: keep the last Hessian factor while each step it gives
+            multiplies ``‖∇f‖_∞`` by at most this factor (``0 ≤ reuse < 1``; e.g. 0.1 when a
+            Hessian costs much more than a gradient, as on many rows and few features); 0: a
+            fresh Hessian at every step (pure Newton).
 
     Attributes:
         info: :class:`~solvers.base.SolveInfo` of the last ``run``.
