@@ -240,6 +240,11 @@ def _check_theta(theta: Theta) -> tuple[Tensor, ...]:
                 f"{name} is {t.dtype} on {t.device} but theta[0] is {first.dtype} on "
                 f"{first.device}: put every theta on one dtype and device"
             )
+        if t.is_meta:
+            raise ValueError(
+                f"{name} is on the meta device (a shape without values): the inner problem "
+                "needs theta with data, on the CPU or an accelerator"
+            )
         if not torch.isfinite(t.detach()).all():
             raise ValueError(f"{name} contains NaN or Inf")
     return thetas

@@ -175,7 +175,13 @@ class FixedPoint:
             return f.reshape(nb, -1)
 
         y = y0.reshape(nb, -1).clone()
-        f = T(y)
+        try:
+            f = T(y)
+        except RuntimeError as err:  # e.g. T's parameters in another dtype or device than init
+            raise ValueError(
+                f"T(init, theta) failed for init of shape {tuple(shape)}, {y.dtype} on "
+                f"{y.device}: {err}"
+            ) from err
         if not torch.isfinite(f).all():
             self._diverged(0, "T(y, θ) is non-finite", math.inf)
         g = y - f

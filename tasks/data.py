@@ -27,6 +27,7 @@ Raises (all from :func:`load`):
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,11 @@ def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_npz(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # else np.load reads it as a pickle and suggests unpickling
+        raise DataFormatError(
+            f"{path}: not an npz archive (no zip structure: a truncated or corrupted file, or "
+            "another format); save it with np.savez(path, X=X, y=y) or pass file_format"
+        )
     with np.load(path, allow_pickle=False) as archive:
         missing = {"X", "y"} - set(archive.files)
         if missing:

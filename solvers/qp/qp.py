@@ -68,6 +68,10 @@ class QP:
         return self._last.run(theta, init)
 
     def optimality(self, y: Tensor, theta: Theta) -> Tensor:
+        """The backend's KKT mapping: the native one gives the items it could not solve (NaN
+        in ``y``) identity rows, so that they do not make ``∂yH`` singular."""
+        if self._last is not None:
+            return self._last.optimality(y, theta)
         return kkt_mapping(y, theta)
 
     def structure(self, y: Tensor, theta: Theta) -> Structure:

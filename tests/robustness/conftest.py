@@ -25,17 +25,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
     if not test_fuzz.COUNTS:
         return
-    tests = {k: v for k, v in test_fuzz.COUNTS.items() if k.startswith("test_")}
-    families = {k.removeprefix("family:"): v for k, v in test_fuzz.COUNTS.items()
-                if k.startswith("family:")}
-    terminalreporter.write_line(
-        f"robustness fuzz: {sum(tests.values())} examples ran ("
-        + ", ".join(f"{k}: {v}" for k, v in tests.items()) + ")")
-    if test_fuzz.OUTCOMES:
-        terminalreporter.write_line(
-            "  extreme-value examples ended: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(test_fuzz.OUTCOMES.items())))
-    if families:
-        terminalreporter.write_line(
-            "  smooth-point examples per solver family: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(families.items())))
+    write = terminalreporter.write_line
+    write(f"robustness fuzz: {sum(test_fuzz.COUNTS.values())} examples ran")
+    for test, count in test_fuzz.COUNTS.items():
+        details = test_fuzz.DETAILS.get(test, {})
+        extra = f" ({', '.join(f'{k}: {v}' for k, v in sorted(details.items()))})" \
+            if details else ""
+        write(f"  {test}: {count}{extra}")

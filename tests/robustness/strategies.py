@@ -174,11 +174,13 @@ def prox_kink_problems(draw: st.DrawFn) -> tuple[ProxProblem, Tensor]:
                           _warm(draw))
     at = {k: float(v) for k, v in problem.params(problem.theta, 1.0 / c).items()
           if k != "groups"}
-    problem.v = _on_kink(draw, name, problem.v, at)
+    problem.v, intended = _on_kink(draw, name, problem.v, at)
     report = problem.report()
     distance = torch.broadcast_to(report.kink_distance, problem.v.shape)
     kinked = distance <= 1e-12 * (1 + float(problem.v.abs().max()))
-    assume(bool(kinked.any()) and bool((distance[~kinked] >= SMOOTH).all()))
+    # exactly the intended kink: with two kinks at once, the engine's selection may combine
+    # pieces that no single side of the crossing sees (no bracket then)
+    assume(torch.equal(kinked, intended) and bool((distance[~kinked] >= SMOOTH).all()))
     # cross along the kink normal, plus a smaller random part on every coordinate
     normal = torch.where(kinked, torch.broadcast_to(report.kink_normal, problem.v.shape), 0.0)
     assume(float(normal.norm()) > 0.5)
@@ -188,12 +190,15 @@ def prox_kink_problems(draw: st.DrawFn) -> tuple[ProxProblem, Tensor]:
     return problem, kinked
 
 
-def _on_kink(draw: st.DrawFn, name: str, v: Tensor, at: dict[str, float]) -> Tensor:
+def _on_kink(draw: st.DrawFn, name: str, v: Tensor, at: dict[str, float]
+             ) -> tuple[Tensor, Tensor]:
     """``v`` moved so that one coordinate (one group; the ball's boundary) is on a kink of the
-    operator ``name`` with parameters ``at`` (those of the prox at the reference point)."""
+    operator ``name`` with parameters ``at`` (those of the prox at the reference point), and
+    the mask of the coordinates meant to be on it."""
     n = v.numel()
     i = draw(st.integers(0, n - 1))
     v = v.clone()
+    one = torch.arange(n) == i
     sign = draw(st.sampled_from([-1.0, 1.0]))
     if name in ("l1", "elastic_net"):
         v[i] = sign * at["threshold" if name == "l1" else "l1"]
@@ -207,20 +212,24 @@ def _on_kink(draw: st.DrawFn, name: str, v: Tensor, at: dict[str, float]) -> Ten
         v[i] = sign * at["radius"]
     elif name == "l2_ball":
         v = v if float(v.norm()) > 0 else torch.ones_like(v)
-        v = v * (at["radius"] / v.norm())
+        return v * (at["radius"] / v.norm()), torch.ones(n, dtype=torch.bool)
     elif name == "group_l1":
         group = torch.arange(n) % 2 == i % 2
         norm = float(v[group].norm())
         v[group] = v[group] * (at["threshold"] / norm) if norm > 0 else at["threshold"] / math.sqrt(
             int(group.sum()))
+        return v, group
     elif name in ("simplex", "l1_ball"):
         if name == "l1_ball" and draw(st.booleans()):  # the ball's boundary
             v = v if float(v.abs().sum()) > 0 else torch.ones_like(v)
-            return v * (at["radius"] / v.abs().sum())
+            v = v * (at["radius"] / v.abs().sum())
+            # off the corners v_i = 0 of the boundary, where −sign(v) does not lead inside
+            assume(bool((v.abs() >= SMOOTH).all()))
+            return v, torch.ones(n, dtype=torch.bool)
         v = _support_kink(draw, name, n, i, at["radius"])
     else:  # a new operator: teach this function its kink set
         raise AssertionError(f"no kink construction for {name!r}")
-    return v
+    return v, one
 
 
 def _support_kink(draw: st.DrawFn, name: str, n: int, i: int, radius: float) -> Tensor:
@@ -258,7 +267,8 @@ class SolverProblem:
     """``outer(y*(θ))`` at ``theta`` for a solver of the registry family ``family``.
 
     ``solve(θ)`` is what the engine is given (a vector θ; the QP builds its tuple from it),
-    ``rerun(θ, init)`` re-solves without the engine for finite differences."""
+    ``rerun(θ, init)`` re-solves without the engine for finite differences, with ``reference``
+    when given (an independent, tighter solver), else with the solver itself."""
 
     family: str
     solver: Any
@@ -268,12 +278,16 @@ class SolverProblem:
     direction: Tensor  # a unit direction shaped like theta
     arguments: Callable[[Tensor], Any] = field(default=lambda t: t)
     smooth_mapping: bool = False  # no kinks at all (Newton, L-BFGS, fixed points)
+    reference: Any = None
+    fd_step: float = 1e-5  # QPs: y* is piecewise linear in θ, a larger step costs no accuracy
+    inexact: bool = False  # may miss its tolerance (SCS): a ConvergenceWarning skips the draw
 
     def solve(self, theta: Tensor, **kw: Any) -> Tensor:
         return bilevel.implicit_solve(self.solver, self.arguments(theta), self.init, **kw)
 
     def rerun(self, theta: Tensor, init: Tensor | None) -> Tensor:
-        return self.solver.run(self.arguments(theta), init)
+        solver = self.solver if self.reference is None else self.reference
+        return solver.run(self.arguments(theta), init)
 
     def structure(self, y: Tensor, theta: Tensor):
         get = getattr(self.solver, "structure", None)
@@ -417,10 +431,11 @@ def _qp(draw: st.DrawFn, backend: str, power: int, magnitude: bool) -> SolverPro
     slack = vector(draw, m, st.floats(0.0, 2.0))
     h, b = G @ z0 + slack, A @ z0
     q = vector(draw, n) * 10.0 ** power
-    if backend == "cvxpylayers":
-        solver = _CVXPY_QP.setdefault("qp", QP("cvxpylayers"))
-    else:
-        solver = QP("native", maxiter=50 if not magnitude else 15)
+    native = QP("native", maxiter=50 if not magnitude else 15)
+    cvxpylayers = backend == "cvxpylayers"
+    solver = _CVXPY_QP.setdefault("qp", QP("cvxpylayers")) if cvxpylayers else native
     theta = torch.cat([q, h])
     return SolverProblem(f"qp-{backend}", solver, theta, None, _outer(draw, n + p + m, n),
-                         _direction(draw, theta), arguments=lambda t: (Q, t[:n], G, t[n:], A, b))
+                         _direction(draw, theta), arguments=lambda t: (Q, t[:n], G, t[n:], A, b),
+                         reference=native if cvxpylayers else None, fd_step=1e-3,
+                         inexact=cvxpylayers)
