@@ -68,6 +68,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     ``metrics.csv`` and ``result.json`` (with the best iterate) are written whatever the
     status: max_steps, converged, diverged, failed or interrupted.
     """
+    _check_device(cfg.device)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     task = instantiate(cfg.task, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
@@ -239,6 +240,19 @@ def app(cfg: DictConfig) -> float:
         print(f"run {status}: {summary['message']}{hint}", file=sys.stderr)
         raise SystemExit(EXIT_CODES[status])
     return float(summary["outer_value"])
+
+
+def _check_device(device: str) -> None:
+    """A device this torch build and machine can use, else a ``ValueError`` saying which."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a torch device (cpu, cuda, cuda:1, ...): "
+                         f"{err}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here (torch "
+                         f"{torch.__version__}, built for CUDA {torch.version.cuda}): run with "
+                         "device=cpu, or install a CUDA build of torch on a GPU machine")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

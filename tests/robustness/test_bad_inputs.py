@@ -445,7 +445,9 @@ CATALOGUE = [
     cli_row("cli-bad-task-option", "task=lassoo", names="Could not find 'task/lassoo'"),
     cli_row("cli-bad-dtype", "dtype=float16", "steps=1",
             names="dtype must be one of ['float32', 'float64'], got 'float16'"),
-    cli_row("cli-cuda-without-gpu", "device=cuda", "steps=1", names="CUDA", needs="no-cuda"),
+    cli_row("cli-cuda-without-gpu", "device=cuda", "steps=1", names="CUDA is not available",
+            needs="no-cuda"),
+    cli_row("cli-unknown-device", "device=gpu", "steps=1", names="not a torch device"),
     cli_row("cli-missing-data-file", "task.dataset=/nonexistent/train.csv", "steps=1",
             names="data file not found: /nonexistent/train.csv"),
     # missing or corrupt data files (tasks.data.load)
