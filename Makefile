@@ -50,7 +50,7 @@ bench: $(STAMP)          ## the benchmarks beside their peers → $(BENCH)/*.jso
 	$(RUN_BENCH)precision.py --json $(BENCH)/precision.json
 	$(RUN_BENCH)tasks_default.py --out-dir $(BENCH)/tasks --json $(BENCH)/tasks_default.json
 	$(RUN_BENCH)cuda_check.py --json $(BENCH)/cuda_check.json
-	$(PY) benchmarks/write_report.py $(BENCH) --out BENCHMARKS.md
+	$(PY) benchmarks/write_report.py $(BENCH) benchmarks/records --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
