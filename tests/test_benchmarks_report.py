@@ -12,8 +12,6 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 NOT_SCRIPTS = {"common.py", "write_report.py"}  # the shared helpers and the writer itself
-# Scripts another session is giving their --json option (issue 7); non-strict until it lands.
-PENDING = {"stochastic_bilevel.py"}
 
 
 @pytest.fixture()
@@ -94,10 +92,7 @@ def test_writer_refuses_an_empty_directory(tmp_path, bench_path):
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NOT_SCRIPTS)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason="--json being added by another session",
-                                            strict=False)) if n in PENDING else n
-    for n in SCRIPTS])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_every_script_has_a_json_option(name, bench_path, monkeypatch, capsys):
     module = load(name, monkeypatch)
     monkeypatch.setattr(sys, "argv", [name, "--help"])
