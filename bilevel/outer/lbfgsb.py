@@ -57,7 +57,7 @@ class BoundedLBFGS:
     Args:
         memory: number of correction pairs kept.
         first_step: ∞-norm move of θ on the first step (no curvature known yet).
-        max_backtracks: halvings of the step before the line search is declared failed.
+        max_backtracks: shortenings of the step before the line search is declared failed.
         adjoint: adjoint settings passed to :func:`bilevel.implicit_solve`.
 
     Raises:
