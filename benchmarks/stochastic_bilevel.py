@@ -389,7 +389,7 @@ def _notes(rows: list[dict], dataset: str, h_star: float, gap0: float) -> list[s
         notes.append("Stochastic defaults: " + (
             f"diverged or failed for {', '.join(diverged)}." if diverged
             else f"no seed diverged ({rows[2]['seeds']} seeds each)."))
-    return notes
+    return [f"{dataset}: {note}" for note in notes]  # records of both datasets share a section
 
 
 def _plot(curves, h_star, path, dataset):
