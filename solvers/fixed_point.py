@@ -23,8 +23,11 @@ Updates (``g(y) = y − T(y, θ)``, ``f_k = T(y_k, θ)``):
 
 Stopping criterion, per problem ``i`` of the batch (the ``batch_ndim`` leading dimensions):
 ``‖y_i − T(y_i, θ)‖∞ / (1 + ‖y_i‖∞) ≤ tol``; converged problems are frozen while the others go
-on. Divergence (non-finite values, or ``‖y_i − T(y_i, θ)‖∞`` growing past ``1e6×`` its initial
-value and past 1) raises :class:`~solvers.base.DivergenceError` instead of returning NaNs.
+on. A problem still above ``tol`` at ``maxiter`` returns the iterate of lowest residual
+``‖y_i − T(y_i, θ)‖∞`` it visited (Anderson and Broyden are not monotone: their last iterate
+can be far worse than an earlier one), and ``info.residual`` is that iterate's. Divergence
+(non-finite values, or ``‖y_i − T(y_i, θ)‖∞`` growing past ``1e6×`` its initial value and past
+1) raises :class:`~solvers.base.DivergenceError` instead of returning NaNs.
 
 Picard and KM converge for contractions (KM also for nonexpansive maps with a fixed point).
 Anderson and Broyden are secant methods: they often converge faster, and may also find a fixed
@@ -124,7 +127,8 @@ class FixedPoint:
     # -- protocol ----------------------------------------------------------------------------
 
     def run(self, theta: Theta, init: Tensor | None = None) -> Tensor:
-        """Iterate from ``init`` until ``y = T(y, θ)``; returns ``y*`` (no graph).
+        """Iterate from ``init`` until ``y = T(y, θ)``; returns ``y*`` (no graph). A problem of
+        the batch that did not converge within ``maxiter`` returns its lowest-residual iterate.
 
         Raises:
             ValueError / TypeError: bad ``init``, ``theta`` or ``T`` output (names the culprit).
@@ -193,10 +197,13 @@ class FixedPoint:
         active = rel > self.tol
         state = _State(self.method, self.memory, y, self.regularization)
         iterations = 0
-        while iterations < self.maxiter and bool(active.any()):
+        n_active = int(active.sum())  # one host synchronisation per iteration
+        best_y, best_res = y, res0  # per problem, the iterate of lowest ‖y − T(y)‖∞ so far
+        while iterations < self.maxiter and n_active:
             iterations += 1
             step = self._step(state, y, f, g)
-            y_new = torch.where(active[:, None], step, y)
+            # frozen (converged) problems keep their iterate; no masking pass while none is
+            y_new = step if n_active == nb else torch.where(active[:, None], step, y)
             f_new = T(y_new)
             g_new = y_new - f_new
             res = _abs_residual(g_new)
@@ -205,7 +212,14 @@ class FixedPoint:
             state.update(active, y, f, g, y_new, f_new, g_new)
             y, f, g = y_new, f_new, g_new
             rel = res / (1 + _abs_residual(y))
+            better = res < best_res
+            best_res = torch.where(better, res, best_res)
+            best_y = torch.where(better[:, None], y, best_y)
             active = active & (rel > self.tol)
+            n_active = int(active.sum())
+        if n_active:  # maxiter reached: the unconverged problems return their best iterate
+            y = torch.where(active[:, None], best_y, y)
+            rel = torch.where(active, best_res / (1 + _abs_residual(y)), rel)
         residual = float(rel.max())
         self.info = SolveInfo(iterations, residual, self.tol, residual <= self.tol)
         return y.reshape(shape)
@@ -260,8 +274,10 @@ class _State:
     """Per-method memory: Anderson's last differences, Broyden's rank-one updates.
 
     Anderson keeps ``ΔF = [f_{i+1} − f_i]`` and ``ΔG = [g_{i+1} − g_i]`` of the last ``memory``
-    steps in two preallocated ring buffers ``(nb, memory, n)`` (the oldest slot is
-    overwritten), so a step costs a fixed number of batched operations and no re-stacking.
+    steps in preallocated ring buffers (the oldest slot is overwritten), so a step costs a
+    fixed number of batched operations and no re-stacking. The current residual ``g`` is kept
+    in row 0 of the ``ΔG`` buffer (``(nb, 1 + memory, n)``), so one batched product gives
+    both the Gram matrix ``ΔGᵀΔG`` and the right-hand side ``ΔGᵀg`` of the least squares.
     """
 
     def __init__(self, method: str, memory: int, y: Tensor, regularization: float):
@@ -272,7 +288,10 @@ class _State:
         if method == "anderson":
             nb, n = y.shape
             self.df = y.new_zeros(nb, memory, n)
-            self.dg = y.new_zeros(nb, memory, n)
+            self.gdg = y.new_zeros(nb, 1 + memory, n)  # [g; ΔG]
+            finfo = torch.finfo(y.dtype)
+            self.shift = max(regularization, 10 * finfo.eps)
+            self.tiny = finfo.tiny
         self.u: Tensor | None = None  # Broyden: H = I + Σ_j u_j v_jᵀ, shapes (nb, memory, n)
         self.v: Tensor | None = None
         self.slot = 0
@@ -283,26 +302,29 @@ class _State:
         ``y_new``)."""
         if self.method == "anderson":
             torch.sub(f_new, f, out=self.df[:, self.slot])
-            torch.sub(g_new, g, out=self.dg[:, self.slot])
+            torch.sub(g_new, g, out=self.gdg[:, 1 + self.slot])
+            self.gdg[:, 0].copy_(g_new)
             self.filled = min(self.filled + 1, self.memory)
             self.slot = (self.slot + 1) % self.memory
         elif self.method == "broyden":
             self._broyden_update(active, y_new - y, g_new - g, g, g_new)
 
     def anderson_step(self, f: Tensor, g: Tensor) -> Tensor:
-        """``f − ΔF γ`` with ``γ = argmin ‖g − ΔG γ‖² + λ‖γ‖²`` (one batched solve of the
-        ``filled × filled`` normal equations); ``f`` itself before the first step."""
-        if not self.filled:
+        """``f − ΔF γ`` with ``γ = argmin ‖g − ΔG γ‖² + λ‖γ‖²`` (one batched product for the
+        ``filled × filled`` normal equations and their right-hand side, one batched solve);
+        ``f`` itself before the first step. ``g`` is the residual at ``f``'s point (the one
+        kept in row 0 of the buffer since the last :meth:`update`)."""
+        m = self.filled
+        if not m:
             return f
-        dg, df = self.dg[:, : self.filled], self.df[:, : self.filled]  # (nb, m, n) views
-        gram = torch.bmm(dg, dg.transpose(1, 2))  # (nb, m, m)
-        rhs = torch.bmm(g[:, None, :], dg.transpose(1, 2)).transpose(1, 2)  # (nb, m, 1)
-        finfo = torch.finfo(g.dtype)
+        both = torch.bmm(self.gdg[:, : m + 1], self.gdg[:, 1 : m + 1].transpose(1, 2))
+        gram, rhs = both[:, 1:], both[:, :1].transpose(1, 2)  # (nb, m, m), (nb, m, 1)
         diagonal = gram.diagonal(dim1=1, dim2=2)
-        lam = max(self.regularization, 10 * finfo.eps) * diagonal.sum(-1) + finfo.tiny
+        lam = diagonal.sum(-1).mul_(self.shift).add_(self.tiny)
         diagonal.add_(lam[:, None])
         gamma = torch.linalg.solve_ex(gram, rhs)[0]  # (nb, m, 1); SPD after the shift
-        return torch.baddbmm(f[:, None, :], gamma.transpose(1, 2), df, alpha=-1)[:, 0]
+        return torch.baddbmm(f[:, None, :], gamma.transpose(1, 2), self.df[:, :m],
+                             alpha=-1)[:, 0]
 
     def broyden_apply(self, x: Tensor, transpose: bool = False) -> Tensor:
         """``H x`` (or ``Hᵀ x``) for every problem of the batch; ``x`` is ``(nb, n)``."""

@@ -142,9 +142,11 @@ def test_default_adjoint_is_accurate_to_its_tolerance():
     z = layer(x)
     loss(z).backward()
     gx, gp = dense_reference(cell, x, z)
-    assert layer.adjoint.report.linear_solver == "gmres"
-    assert float((x.grad - gx).norm() / gx.norm()) <= 1e-3
-    assert float((cell.W.grad - gp["W"]).norm() / gp["W"].norm()) <= 1e-3
+    assert layer.adjoint.report.linear_solver == "gmres" and layer.adjoint.tol == 1e-3
+    assert layer.adjoint.report.linear.residual <= 1e-3
+    # residual ≤ 1e-3 and ‖(I − ∂z f)⁻¹‖ ≤ 1/(1 − 0.8): the gradients are within ~5e-3
+    assert float((x.grad - gx).norm() / gx.norm()) <= 1e-2
+    assert float((cell.W.grad - gp["W"]).norm() / gp["W"].norm()) <= 1e-2
 
 
 def test_frozen_parameters_get_no_gradient():

@@ -34,12 +34,6 @@ from bilevel.linalg.base import (
 )
 
 
-def _normalized(w: Tensor, norm: Tensor) -> Tensor:
-    """``w_i / ‖w_i‖`` per row, and 0 for rows whose norm is 0 or non-finite (a breakdown)."""
-    inverse = torch.where(norm > 0, norm, torch.inf).reciprocal()
-    return torch.nan_to_num(w * inverse[:, None], nan=0.0, posinf=0.0, neginf=0.0)
-
-
 def _cycle(
     matvec: MatVec, r: Tensor, beta: Tensor, threshold: Tensor, active: Tensor, steps: int
 ) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -50,6 +44,13 @@ def _cycle(
     column is rotated by one batched product instead of ``j`` sequential updates; ``Q`` is
     updated in place by the new rotation ``G_j`` (two rows). Same arithmetic as applying the
     rotations one by one, up to rounding.
+
+    A row that stops (converged or broken down) gets zero basis vectors from then on, so the
+    operator sees zeros in that row (``M 0 = 0``) without a masking pass per step; its
+    per-step records (which rows were active, which rotations were valid) are reduced to the
+    step counts once, after the loop. The loop costs a fixed, small number of batched
+    operations per step (one ``matvec``, four products of Gram–Schmidt, one product with
+    ``Q``) and one host synchronisation (the "any row left?" test).
 
     Args:
         matvec: the operator.
@@ -68,46 +69,61 @@ def _cycle(
     rotations = torch.eye(steps + 1, dtype=r.dtype, device=r.device).repeat(m, 1, 1)
     g = r.new_zeros(m, steps + 1)
     g[:, 0] = beta
-    basis[:, 0] = ratio(r, beta[:, None].expand_as(r))[0]
-    used = torch.zeros(m, dtype=torch.long, device=r.device)  # columns of R usable per row
-    broken = torch.zeros_like(active)
+    basis[:, 0] = ratio(r, torch.where(active, beta, 0.0)[:, None].expand_as(r))[0]
+    was_active: list[Tensor] = []  # per step: the rows that iterated, and those whose
+    valid: list[Tensor] = []  # rotation was well defined (no breakdown)
+    inf = torch.tensor(torch.inf, dtype=r.dtype, device=r.device)
 
     calls = 0
     for j in range(steps):
-        if not bool(active.any()):
-            break
         calls += 1
         # Row-vector products ((m, 1, k) against the basis): the fast layout of batched GEMM.
-        w = apply(matvec, basis[:, j], active)[:, None, :]
+        w = matvec(basis[:, j])
+        if calls == 1 and (w.shape != r.shape or w.dtype != r.dtype):
+            apply(lambda _, out=w: out, basis[:, j])  # raises the error naming the mismatch
+        w = w[:, None, :]
         v = basis[:, : j + 1]
-        h = torch.bmm(w, v.transpose(1, 2))  # (m, 1, j+1)
+        vt = v.transpose(1, 2)
+        h = torch.bmm(w, vt)  # (m, 1, j+1)
         w = torch.baddbmm(w, h, v, alpha=-1)
-        h2 = torch.bmm(w, v.transpose(1, 2))  # second Gram–Schmidt pass
-        w = torch.baddbmm(w, h2, v, alpha=-1)[:, 0]
-        hnorm = row_norm(w)
-        basis[:, j + 1] = _normalized(w, hnorm)
-        col = torch.cat([(h + h2)[:, 0], hnorm[:, None]], dim=1)  # Hessenberg column j
-        col = torch.bmm(col[:, None, :], rotations[:, : j + 2, : j + 2].transpose(1, 2))[:, 0]
-        diag = torch.hypot(col[:, j], col[:, j + 1])
-        (c, s), ok = ratio(col[:, j:].T, diag.expand(2, -1))
-        ok = ok[0]
-        rmat[:, :j, j] = col[:, :j]
-        rmat[:, j, j] = diag
+        h2 = torch.bmm(w, vt)  # second Gram–Schmidt pass
+        w = torch.baddbmm(w, h2, v, alpha=-1)
+        hnorm = torch.linalg.vector_norm(w, dim=2, keepdim=True)  # (m, 1, 1)
+        col = torch.cat([h.add_(h2), hnorm], dim=2)  # Hessenberg column j, (m, 1, j+2)
+        col = torch.bmm(col, rotations[:, : j + 2, : j + 2].transpose(1, 2))[:, 0]
+        pair = col[:, j:]
+        diag = torch.linalg.vector_norm(pair, dim=1)  # hypot, (m,)
+        # c = col_j / diag, s = col_{j+1} / diag; 0 on a breakdown (diag zero or non-finite)
+        cs = torch.nan_to_num(pair / diag[:, None], nan=0.0, posinf=0.0, neginf=0.0)
+        ok = (diag > 0) & (diag < inf)
+        col[:, j] = diag
+        rmat[:, : j + 1, j] = col[:, : j + 1]
+        c, s = cs[:, 0], cs[:, 1]
         givens = torch.stack([c, s, -s, c], dim=1).view(m, 2, 2)  # G_j on coordinates j, j+1
         rotations[:, j : j + 2, : j + 2] = torch.bmm(givens, rotations[:, j : j + 2, : j + 2])
-        g[:, j : j + 2] = givens[:, :, 0] * g[:, j, None]  # (c g_j, −s g_j)
+        g[:, j : j + 2] = cs * g[:, j, None]  # (c g_j, −s g_j) up to the sign of s
+        g[:, j + 1].neg_()
 
-        step = active & ok
-        broken |= active & ~ok
-        used = used + step
-        active = step & (g[:, j + 1].abs() > threshold)
+        was_active.append(active)
+        valid.append(ok)
+        active = active & ok & (g[:, j + 1].abs() > threshold)
+        # next basis vector w / ‖w‖ on the rows still iterating, 0 on the others
+        scale = torch.where(active, hnorm[:, 0, 0], inf).reciprocal()
+        torch.mul(w[:, 0], scale[:, None], out=basis[:, j + 1])
+        if not bool(active.any()):
+            break
 
-    # Solve R y = g on each row's first `used` columns: pad the rest with a unit diagonal.
-    keep = torch.arange(steps, device=r.device) < used[:, None]
-    rmat = rmat * keep[:, None, :] + torch.diag_embed((~keep).to(r.dtype))
-    rhs = torch.where(keep, g[:, :steps], 0.0)
+    iterated, fine = torch.stack(was_active, 1), torch.stack(valid, 1)
+    used = (iterated & fine).sum(1)
+    broken = (iterated & ~fine).any(1)
+
+    # Solve R y = g on each row's first `used` columns (of the `calls` built): pad the rest
+    # with a unit diagonal.
+    keep = torch.arange(calls, device=r.device) < used[:, None]
+    rmat = rmat[:, :calls, :calls] * keep[:, None, :] + torch.diag_embed((~keep).to(r.dtype))
+    rhs = torch.where(keep, g[:, :calls], 0.0)
     y = torch.linalg.solve_triangular(rmat, rhs[:, :, None], upper=True)
-    return torch.bmm(y.transpose(1, 2), basis[:, :steps])[:, 0], used, broken, calls
+    return torch.bmm(y.transpose(1, 2), basis[:, :calls])[:, 0], used, broken, calls
 
 
 def gmres(

@@ -326,3 +326,22 @@ def test_batched_lu_is_right_with_several_threads():
         assert torch.allclose(rcond[i], reciprocal_condition(A[i:i + 1])[0], rtol=1e-8)
     assert info.converged
     assert torch.get_num_threads() == threads
+
+
+def test_gmres_matvec_sees_zeros_in_rows_that_stopped() -> None:
+    """Row 0 (the identity) converges at the first Arnoldi step; every later product must see a
+    zero row 0 (the frozen-row convention of ``bilevel.linalg.base``), while row 1 iterates to
+    its own tolerance and row 0 keeps its exact solution."""
+    g = gen(9)
+    matrix = torch.stack([torch.eye(K, dtype=torch.float64), nonsymmetric(g)[0]])
+    b = rhs(g)[:2]
+    seen: list[Tensor] = []
+
+    def matvec(v: Tensor) -> Tensor:
+        seen.append(v.clone())
+        return (matrix @ v[..., None])[..., 0]
+
+    x, info = gmres(matvec, b, tol=TOL)
+    assert info.converged and info.iterations > 2
+    assert len(seen) > 2 and all(bool((v[0] == 0).all()) for v in seen[1:-1])
+    assert rel_err(x, torch.linalg.solve(matrix, b)) <= 1e-8

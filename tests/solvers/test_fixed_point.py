@@ -319,3 +319,20 @@ def test_float32_stays_float32(method):
     assert torch.allclose(y.double(), reference(), rtol=0, atol=1e-4)
     y2 = bilevel.implicit_solve(solver, theta, zeros(N, dtype=torch.float32))
     assert y2.dtype == torch.float32
+
+
+def test_unconverged_problem_returns_its_lowest_residual_iterate():
+    """Row 0 contracts (``y = y/2 + 1``, converges), row 1 expands (``y = 2y + 1``: Picard's
+    residual doubles each step, from 1 at the start ``y = 0``). At ``maxiter`` row 1 returns the
+    best point it visited (the start), not the last one (``2⁴ − 1``); row 0 its last iterate."""
+
+    def affine(y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return theta[:, :1] * y + 1.0
+
+    theta = torch.tensor([[0.5], [2.0]], dtype=F64)
+    solver = FixedPoint(affine, method="picard", maxiter=4, tol=1e-12, batch_ndim=1)
+    with pytest.warns(bilevel.ConvergenceWarning):
+        y = solver.run(theta, zeros(2, 1))
+    assert float(y[1, 0]) == 0.0  # the start, residual 1 (the last iterate has residual 16)
+    assert float(y[0, 0]) == 2.0 - 2.0 ** -3  # Picard from 0: y_k = 2 − 2^{1−k}
+    assert solver.info.residual == pytest.approx(1.0)
