@@ -20,6 +20,16 @@ e.g. the factor of the last Newton Hessian: one or two products with ``B`` then 
 needed to build it); else LU when the active set is small (``≤ dense_max`` coordinates) — exact,
 with a singularity check — else CG when the solver says ``B_SS`` is symmetric, else GMRES.
 
+**Iterative refinement.** When the solver hands the engine a solution of its own
+(``solve_adjoint``: e.g. a closed form from its factorisations) or a preconditioner ``P ≈ B⁻¹``
+of a symmetric ``B`` (so ``P ≈ B⁻ᵀ`` too), ``"auto"`` starts from ``u₀`` (that solution, or
+``P(−v)``) and refines ``u ← u + P r`` with ``r = −v − Bᵀu``. Each step is *one* VJP
+``[A B]ᵀδ`` of the linearisation: by linearity it updates the hypergradient ``Aᵀu`` and the
+residual ``r`` together, so an exact guess costs exactly the one VJP any method needs for
+``Aᵀu``, its residual check included (CG would spend one product on the step, one on its final
+residual, one more for ``Aᵀu``). When the residual stops contracting fast enough, the
+remaining correction ``Bᵀe = r`` goes to the solvers below.
+
 **Singularity.** Dense solvers compute the reciprocal condition number of ``B_SS`` and raise
 :class:`~bilevel.errors.SingularJacobianError` below ``rcond_min``. Matrix-free solvers can only
 see a singular ``B_SS`` when the right-hand side is not in its range (the solve then misses its
@@ -38,11 +48,12 @@ from torch import Tensor
 
 from bilevel.errors import AdjointFallbackWarning, SingularJacobianError
 from bilevel.linalg import ITERATIVE, LinearSolveInfo, dense_solve, reciprocal_condition
-from bilevel.linalg.base import MatVec, make_info, relative_residual
+from bilevel.linalg.base import MatVec, make_info, relative_residual, row_norm
 from bilevel.linearization import Linearization
 from solvers.base import SolveInfo
 
 LINEAR_SOLVERS = ("auto", "lu", "cholesky", "lstsq", *ITERATIVE)
+_REFINE_PRODUCTS = 4  # most VJPs iterative refinement may spend before handing over
 
 
 @dataclass
@@ -54,8 +65,11 @@ class ImplicitReport:
         n_kinks: coordinates within ``kink_tol`` of a kink of the optimality mapping.
         restricted_size: unknowns of the adjoint system after the support restriction.
         full_size: unknowns before the restriction.
-        linear_solver: the linear solver actually used (after ``"auto"`` resolved).
-        linear: iterations and residual of the last adjoint / tangent linear solve.
+        linear_solver: the linear solver actually used (after ``"auto"`` resolved;
+            ``"refinement"`` when iterative refinement from the solver's own solution or
+            preconditioner met the tolerance, see :meth:`ImplicitAdjoint.refined`).
+        linear: iterations and residual of the last adjoint / tangent linear solve (for
+            ``"refinement"``: the VJPs it took, the θ-part of the hypergradient included).
         rcond: smallest reciprocal condition number of ``B_SS`` over the batch (dense solvers).
     """
 
@@ -117,13 +131,15 @@ class ImplicitAdjoint:
     # -- the two modes -------------------------------------------------------------------------
 
     def reverse(self, lin: Linearization, v: Tensor, inactive: Tensor | None,
-                symmetric: bool, preconditioner: MatVec | None = None) -> Tensor:
+                symmetric: bool, preconditioner: MatVec | None = None,
+                tol: float | None = None) -> Tensor:
         """Return ``u`` (``(m, k)``) solving ``Bᵀu = −v`` (``v`` in the ``(m, k)`` layout);
-        ``preconditioner`` ``≈ B⁻¹`` is the solver's hint (``Structure.preconditioner``)."""
+        ``preconditioner`` ``≈ B⁻¹`` is the solver's hint (``Structure.preconditioner``);
+        ``tol`` overrides the adjoint's own relative tolerance."""
         active = self._active(lin, inactive)
         rhs = -v if active is None else torch.where(active, -v, torch.zeros_like(v))
         u = self._solve(lin, rhs, active, symmetric, transpose=True,
-                        preconditioner=preconditioner)
+                        preconditioner=preconditioner, tol=tol)
         if active is not None:
             u = u + torch.where(active, torch.zeros_like(v), -v - lin.rmatvec_y(u))
         return u
@@ -138,6 +154,58 @@ class ImplicitAdjoint:
         r_inactive = torch.where(active, torch.zeros_like(r), r)
         rhs = torch.where(active, r - lin.matvec(r_inactive), torch.zeros_like(r))
         return self._solve(lin, rhs, active, symmetric, transpose=False) + r_inactive
+
+    def refined(self, lin: Linearization, v: Tensor, u: Tensor | None,
+                preconditioner: MatVec | None, inactive: Tensor | None = None,
+                symmetric: bool = True) -> tuple[Tensor, ...]:
+        """``Aᵀu`` (one entry per θ) for the ``u`` solving ``Bᵀu = −v`` (``(m, k)`` layout), by
+        iterative refinement from the guess ``u`` (default ``P(−v)``) with ``P ≈ B⁻ᵀ``
+        (``preconditioner``; ``None``: the guess is only checked).
+
+        Step ``j`` costs one VJP ``[A B]ᵀδ_j`` (:meth:`Linearization.rmatvec`), with
+        ``δ₀ = u`` and ``δ_{j+1} = P r_{j+1}``; by linearity ``r_{j+1} = r_j − Bᵀδ_j``
+        (``r₀ = −v``) is the residual of ``u_{j+1} = Σδ`` and ``Aᵀu_{j+1} = ΣAᵀδ``. It stops
+        once every row meets ``‖r_i‖ ≤ tol·‖v_i‖``. When the observed contraction
+        ``ρ = ‖r_{j+1}‖/‖r_j‖`` cannot reach ``tol`` within the step budget (a stale factor, a
+        wrong guess), the rest, ``Bᵀe = r``, is solved by :meth:`reverse` (with ``inactive``,
+        ``symmetric``, ``preconditioner``) to the tolerance that keeps ``‖−v − Bᵀ(u + e)‖ ≤
+        tol·‖v‖``, and ``Aᵀe`` is added. Only when :attr:`takes_solver_solutions`."""
+        tol, tiny = self._tol(v), torch.finfo(v.dtype).tiny
+        v_norm = row_norm(v)
+        threshold = tol * v_norm
+        delta = u if u is not None else (
+            preconditioner(-v) if preconditioner is not None else None)
+        grads: tuple[Tensor, ...] | None = None
+        r, previous, products = -v, 1.0 / tol, 0  # ‖r₀‖ = ‖v‖ = threshold / tol
+        while delta is not None and delta.shape == v.shape:
+            Bt_delta, At_delta = lin.rmatvec(delta)
+            products += 1
+            r = r - Bt_delta
+            grads = At_delta if grads is None else tuple(
+                g + d for g, d in zip(grads, At_delta, strict=True))
+            r_norm = row_norm(r)
+            excess = float((r_norm / threshold.clamp_min(tiny)).max())
+            if excess <= 1.0:  # every row within tol (rows with v_i = 0 need r_i = 0)
+                self.report.full_size = self.report.restricted_size = lin.m * lin.k
+                self.report.linear_solver, self.report.rcond = "refinement", None
+                relative = torch.where(v_norm > 0, r_norm / v_norm.clamp_min(tiny), r_norm)
+                self.report.linear = make_info("refinement", products, relative, tol)
+                return grads
+            rho = excess / previous
+            previous = excess
+            needed = math.log(excess) / -math.log(rho) if 0 < rho < 1 else math.inf
+            if preconditioner is None or not math.isfinite(excess) or \
+                    products + needed > _REFINE_PRODUCTS:
+                break
+            delta = preconditioner(r)
+        if grads is None:  # no usable guess: solve from scratch
+            return lin.rmatvec_theta(self.reverse(lin, v, inactive, symmetric, preconditioner))
+        if not math.isfinite(previous):  # a guess with NaN/Inf: discard it
+            return lin.rmatvec_theta(self.reverse(lin, v, inactive, symmetric, preconditioner))
+        scale = float((threshold / row_norm(r).clamp_min(tiny)).min())
+        e = self.reverse(lin, -r, inactive, symmetric, preconditioner,
+                         tol=max(min(scale, 1.0), 10 * torch.finfo(v.dtype).eps))
+        return tuple(g + d for g, d in zip(grads, lin.rmatvec_theta(e), strict=True))
 
     @property
     def takes_solver_solutions(self) -> bool:
@@ -186,7 +254,8 @@ class ImplicitAdjoint:
         return "cg" if symmetric else "gmres"
 
     def _solve(self, lin: Linearization, rhs: Tensor, active: Tensor | None, symmetric: bool,
-               transpose: bool, preconditioner: MatVec | None = None) -> Tensor:
+               transpose: bool, preconditioner: MatVec | None = None,
+               tol: float | None = None) -> Tensor:
         method = self._resolve(lin, active, symmetric, preconditioner is not None)
         self.report.linear_solver = method
         if self.ridge > 0:
@@ -198,12 +267,13 @@ class ImplicitAdjoint:
             )
         if method in ITERATIVE:
             use = preconditioner if method == "cg" and symmetric and active is None else None
-            return self._solve_iterative(method, lin, rhs, active, transpose, use)
-        return self._solve_dense(method, lin, rhs, active, transpose)
+            return self._solve_iterative(method, lin, rhs, active, transpose, use, tol)
+        return self._solve_dense(method, lin, rhs, active, transpose, tol)
 
     def _solve_iterative(self, method: str, lin: Linearization, rhs: Tensor,
                          active: Tensor | None, transpose: bool,
-                         preconditioner: MatVec | None = None) -> Tensor:
+                         preconditioner: MatVec | None = None,
+                         tol: float | None = None) -> Tensor:
         product: Callable[[Tensor], Tensor] = lin.rmatvec_y if transpose else lin.matvec
 
         def operator(x: Tensor) -> Tensor:
@@ -214,7 +284,7 @@ class ImplicitAdjoint:
                 out = out + self.ridge * x
             return out if active is None else torch.where(active, out, torch.zeros_like(out))
 
-        tol = self._tol(rhs)
+        tol = self._tol(rhs) if tol is None else tol
         kwargs: dict = {} if self.maxiter is None else {"maxiter": self.maxiter}
         if preconditioner is not None:
             kwargs["preconditioner"] = preconditioner
@@ -233,7 +303,8 @@ class ImplicitAdjoint:
         return x
 
     def _solve_dense(self, method: str, lin: Linearization, rhs: Tensor,
-                     active: Tensor | None, transpose: bool) -> Tensor:
+                     active: Tensor | None, transpose: bool, tol: float | None = None
+                     ) -> Tensor:
         if active is None:
             index = torch.arange(lin.k, device=rhs.device)
             keep = None
@@ -274,7 +345,8 @@ class ImplicitAdjoint:
                 AdjointFallbackWarning,
                 stacklevel=4,
             )
-        x_small, info = dense_solve(matrix, rhs[:, index], method=method, tol=self._tol(rhs))
+        x_small, info = dense_solve(matrix, rhs[:, index], method=method,
+                                     tol=self._tol(rhs) if tol is None else tol)
         self.report.linear = info
         out = torch.zeros_like(rhs)
         out[:, index] = x_small if keep is None else torch.where(keep, x_small, 0.0)

@@ -80,6 +80,13 @@ class Linearization:
         """``Aᵀu``, one entry per θ."""
         return self._vjp(self.unflat(u))[1:]
 
+    def rmatvec(self, u: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(Bᵀu, Aᵀu)`` from one VJP ``[A B]ᵀu`` (``Bᵀu`` in the ``(m, k)`` layout, ``Aᵀu``
+        one entry per θ): the θ-part of a hypergradient and the residual of the ``u`` it
+        comes from, for the price of one backward pass."""
+        grads = self._vjp(self.unflat(u))
+        return self.flat(grads[0]), tuple(grads[1:])
+
     def rows_y(self, index: Tensor) -> Tensor:
         """Rows ``index`` of ``B`` restricted to the columns ``index``, for every problem.
 
