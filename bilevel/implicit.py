@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 from bilevel.adjoint import ImplicitAdjoint, ImplicitReport
 from bilevel.errors import KinkWarning
 from bilevel.linearization import Linearization
-from solvers.base import InnerSolver, Structure, Theta
+from solvers.base import InnerSolver, Structure, Theta, all_finite
 
 
 def implicit_solve(
@@ -83,7 +83,7 @@ class _ImplicitProblem:
         self.thetas = tuple(t.detach() for t in thetas)
         theta = self.theta_arg(self.thetas)
         y = self.solver.run(theta, init).detach()
-        if not torch.isfinite(y).all() and not _failures_marked(self.solver, y):
+        if not all_finite(y) and not _failures_marked(self.solver, y):
             raise RuntimeError(
                 f"{type(self.solver).__name__}.run returned non-finite values: check the data "
                 "and theta for NaN/Inf and the inner problem for divergence"
@@ -134,21 +134,36 @@ class _ImplicitProblem:
         return self._lin
 
     def vjp(self, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        """``Aᵀu`` with ``Bᵀu = −∂F/∂y``. Under the default adjoint, a solution the solver
+        computed itself (``solve_adjoint``) or its preconditioner of a symmetric ``B`` seeds
+        iterative refinement (:meth:`ImplicitAdjoint.refined`: one VJP when exact); else the
+        adjoint's linear solver runs, then one VJP gives ``Aᵀu``."""
         lin = self.linearize()
         symmetric = self.structure.symmetric
+        adjoint = self.adjoint
+        refine = adjoint.takes_solver_solutions
+        preconditioner = self.preconditioner if symmetric else None
         if self.index is None:
             v = lin.flat(grad_y)
-            u = self._solver_solution("solve_adjoint", lin, grad_y, -v, transpose=True)
-            if u is None:
-                u = self.adjoint.reverse(lin, v, self.structure.inactive, symmetric,
-                                         self.preconditioner)
+            inactive = self.structure.inactive
+            guess = self._solver_guess("solve_adjoint", grad_y) if refine else None
+            if guess is not None and guess.shape == grad_y.shape:
+                return adjoint.refined(lin, v, lin.flat(guess), preconditioner, inactive,
+                                       symmetric)
+            if refine and preconditioner is not None:
+                return adjoint.refined(lin, v, None, preconditioner, inactive, symmetric)
+            u = adjoint.reverse(lin, v, inactive, symmetric, self.preconditioner)
             return lin.rmatvec_theta(u)
         if self.index.numel() == 0:  # y* locally constant
             return tuple(torch.zeros_like(t) for t in self.thetas)
-        u = self.adjoint.reverse(lin, lin.flat(grad_y.flatten()[self.index]), None, symmetric,
-                                 self.preconditioner)
-        self.adjoint.report.full_size = self.y.numel()
-        return lin.rmatvec_theta(u)
+        v = lin.flat(grad_y.flatten()[self.index])
+        if refine and preconditioner is not None:
+            grads = adjoint.refined(lin, v, None, preconditioner, None, symmetric)
+        else:
+            grads = lin.rmatvec_theta(adjoint.reverse(lin, v, None, symmetric,
+                                                      self.preconditioner))
+        adjoint.report.full_size = self.y.numel()
+        return grads
 
     def jvp(self, theta_dots: tuple[Tensor | None, ...]) -> Tensor:
         lin = self.linearize()
@@ -169,6 +184,12 @@ class _ImplicitProblem:
             self.adjoint.report.full_size = self.y.numel()
         return y_dot.reshape(self.y.shape)
 
+
+    def _solver_guess(self, hint: str, arg: Tensor) -> Tensor | None:
+        """The solver's own solution of the adjoint system (its optional ``solve_adjoint(y, θ,
+        v) -> u`` with ``Bᵀu = −v``), unchecked; ``None`` when it has none."""
+        solve = getattr(self.solver, hint, None)
+        return None if solve is None else solve(self.y, self.theta_arg(self.thetas), arg)
 
     def _solver_solution(self, hint: str, lin: Linearization, arg: Tensor, rhs: Tensor,
                          transpose: bool) -> Tensor | None:
@@ -245,7 +266,7 @@ def _check_theta(theta: Theta) -> tuple[Tensor, ...]:
                 f"{name} is on the meta device (a shape without values): the inner problem "
                 "needs theta with data, on the CPU or an accelerator"
             )
-        if not torch.isfinite(t.detach()).all():
+        if not all_finite(t.detach()):
             raise ValueError(f"{name} contains NaN or Inf")
     return thetas
 
@@ -260,5 +281,5 @@ def _check_init(init: Tensor | None, theta: Tensor) -> None:
             f"init is {init.dtype} on {init.device} but theta is {theta.dtype} on "
             f"{theta.device}: pass init with theta's dtype and device"
         )
-    if not torch.isfinite(init).all():
+    if not all_finite(init):
         raise ValueError("init contains NaN or Inf")

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from solvers.base import Structure
+from solvers.base import Structure, all_finite
 
 
 class QPParams(NamedTuple):
@@ -53,6 +53,13 @@ class QPParams(NamedTuple):
                                       self.h.shape[:-1], self.A.shape[:-2], self.b.shape[:-1])
 
 
+class CheckedQPParams(QPParams):
+    """:class:`QPParams` as :func:`as_params` returns them: validated, so that a backend
+    handed them need not read every entry again."""
+
+    __slots__ = ()
+
+
 def as_params(Q: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = None,
               A: Tensor | None = None, b: Tensor | None = None) -> QPParams:
     """Validate the QP data and fill absent constraints with zero-row tensors.
@@ -71,14 +78,14 @@ def as_params(Q: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = 
     h = torch.zeros(0, **like) if h is None else h
     A = torch.zeros(0, n, **like) if A is None else A
     b = torch.zeros(0, **like) if b is None else b
-    params = QPParams(Q, q, G, h, A, b)
+    params = CheckedQPParams(Q, q, G, h, A, b)
     for name, value in params._asdict().items():
         if not isinstance(value, Tensor) or not value.is_floating_point():
             raise ValueError(f"{name} must be a floating-point Tensor")
         if value.dtype != q.dtype or value.device != q.device:
             raise ValueError(f"{name} is {value.dtype} on {value.device} but q is {q.dtype} on "
                              f"{q.device}: put every QP parameter on one dtype and device")
-        if not bool(torch.isfinite(value).all()):
+        if not all_finite(value):
             raise ValueError(f"{name} contains NaN or Inf")
     checks = [("Q", Q.shape[-2:], (n, n)), ("G", G.shape[-1:], (n,)), ("A", A.shape[-1:], (n,)),
               ("h", h.shape[-1:], G.shape[-2:-1]), ("b", b.shape[-1:], A.shape[-2:-1])]

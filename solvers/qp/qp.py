@@ -64,8 +64,9 @@ class QP:
 
     def run(self, theta: Theta, init: Tensor | None = None) -> Tensor:
         """Solve at ``θ = (Q, q, G, h, A, b)``; returns ``y = [z, ν, λ]``."""
-        self._last = self._backend(as_params(*theta))
-        return self._last.run(theta, init)
+        params = as_params(*theta)  # validated once, here (the native backend trusts it)
+        self._last = self._backend(params)
+        return self._last.run(params if self._last is self._native else theta, init)
 
     def optimality(self, y: Tensor, theta: Theta) -> Tensor:
         """The backend's KKT mapping: the native one gives the items it could not solve (NaN
