@@ -59,6 +59,10 @@ class L1:
         return torch.where(w != 0, (grad + lam * torch.sign(w)).abs(),
                            torch.relu(grad.abs() - lam))
 
+    def slope(self, p: dict[str, Tensor | float], step: float) -> Tensor | float:
+        """``∂prox/∂v`` on the support (nonzero output): ``1`` (a shift by ``±stepλ``)."""
+        return 1.0
+
     def on_support(self, G: Tensor, b: Tensor, w: Tensor, p: dict[str, Tensor | float]
                    ) -> Tensor:
         """Solve ``G_SS w_S = b_S − λ_S sign(w_S)`` on the support of ``w`` (zeros off it;
@@ -88,6 +92,10 @@ class ElasticNet(L1):
 
     def violation(self, w: Tensor, grad: Tensor, p: dict[str, Tensor | float]) -> Tensor:
         return super().violation(w, grad + p["l2"] * w, p)
+
+    def slope(self, p: dict[str, Tensor | float], step: float) -> Tensor | float:
+        """``∂prox/∂v`` on the support: ``1/(1 + stepλ₂)`` (per feature when ``λ₂`` is)."""
+        return 1.0 / (1.0 + step * p["l2"])
 
     def on_support(self, G: Tensor, b: Tensor, w: Tensor, p: dict[str, Tensor | float]
                    ) -> Tensor:

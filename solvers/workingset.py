@@ -8,9 +8,11 @@ Algorithm (in the spirit of celer / skglm, written for torch):
 1. full gradient ``∇f(w) = Xᵀ F'(Xw)`` and the KKT violation of every feature (distance of
    ``−∇f`` to ``∂g``); stop when its maximum is ``≤ tol``;
 2. working set ``W`` = the support ∪ the most violating features (size ``max(ws_start, 2|S|)``);
-3. solve the problem restricted to ``W`` — for least squares, FISTA on the small Gram matrix
-   ``X_WᵀX_W/n`` finished by an exact solve on the support (signs fixed); for other datafits,
-   proximal Newton steps with the same quadratic sub-solver and a backtracking line search;
+3. solve the problem restricted to ``W`` — for least squares, on the small Gram matrix
+   ``X_WᵀX_W/n`` (kept across working sets and grown by the new columns only): a few
+   primal-dual active-set rounds (a prox-gradient step guesses the support and signs, the exact
+   solve on that support follows), with FISTA as the fallback; for other datafits, proximal
+   Newton steps with the same quadratic sub-solver and a backtracking line search;
 4. repeat. Warm starts (``init``) across calls with a different θ are the normal use.
 
 Optimality mapping (the prox-gradient residual, ``solvers.prox_mapping``):
@@ -22,7 +24,9 @@ with ``η = 1 / (sup F'' · max_j ‖x_j‖²)``, the max over the columns the w
 has inactive coordinates exactly 0 whatever θ, so the solver also offers the mapping *reduced
 to the support* (``X`` replaced by ``X_S``, or the working set's Gram matrix for least squares):
 the engine then solves the implicit system on ``|S|`` unknowns with products that cost
-``O(n|S|)`` (``O(|S|²)``), not ``O(np)``.
+``O(n|S|)`` (``O(|S|²)``), not ``O(np)``. For least squares it also offers the exact inverse
+of that reduced ``∂yH`` (``restricted_preconditioner``, a Cholesky factor of the Gram matrix on
+the support), so the hypergradient costs one VJP of the reduced mapping.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class WorkingSet:
         self.info: SolveInfo | None = None
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._gram: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)
+        self._cache: _GramCache | None = None  # columns visited and their Gram matrix
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -95,7 +100,7 @@ class WorkingSet:
         """Solve at ``θ`` from ``init`` (default zeros); returns ``w*`` (no graph)."""
         X, p = self.X, self.X.shape[1]
         theta = detach(theta)
-        params = self._params(theta)
+        params = _plain(self._params(theta))
         w = torch.zeros(p, dtype=X.dtype, device=X.device) if init is None else init.clone()
         if w.shape != (p,):
             raise ValueError(f"init has shape {tuple(w.shape)}, expected ({p},)")
@@ -111,13 +116,13 @@ class WorkingSet:
             if residual <= self.tol:
                 break
             self.n_working_sets += 1
-            grad = None
             W = self._working_set(w, violation)
-            w_W, sub_iterations = self._solve_restricted(W, w[W], z, self.penalty.params(theta, W))
+            w_W, sub_iterations, z = self._solve_restricted(
+                W, w[W], z, grad[W], _plain(self.penalty.params(theta, W)))
+            grad = None
             iterations += sub_iterations
             w = torch.zeros_like(w)
             w[W] = w_W
-            z = self._columns(W) @ w_W
         self.info = SolveInfo(iterations, residual, self.tol, residual <= self.tol, self.step)
         self._last = (w, grad)  # ∇f at the returned w (None if the loop hit maxiter)
         if not self.info.converged:
@@ -169,22 +174,28 @@ class WorkingSet:
 
     def restricted_preconditioner(self, y: Tensor, theta: Theta, index: Tensor
                                   ) -> Callable[[Tensor], Tensor] | None:
-        """``r ↦ (G_SS + diag λ₂)⁻¹ r`` for the reduced system of ``restricted_optimality``
-        (``r`` of shape ``(1, |S|)``), from the working set's Gram matrix ``G``.
+        """``r ↦ B_SS⁻¹ r`` for the reduced system of ``restricted_optimality`` (``r`` of shape
+        ``(1, |S|)``): the exact inverse, in closed form from the working set's Gram matrix.
 
-        For a quadratic datafit every penalty here has, on its support, ``∂yH_SS = c·(G_SS +
-        diag λ₂)`` with a scalar ``c > 0`` (``η``, or ``η/(1 + ηλ₂)`` for the elastic net), so
-        this is the exact inverse up to a scale that preconditioned CG ignores: the adjoint
-        takes one product. ``None`` (the engine then builds ``∂yH_SS`` and checks its
-        conditioning) for other datafits, when the Gram matrix does not cover the support, or
-        when its Cholesky factor is close to singular."""
+        For a quadratic datafit the reduced mapping is ``H_S = w_S − prox(w_S − η(G_SS w_S −
+        b_S))`` and the prox of every penalty here has a slope ``s`` on the support
+        (``penalty.slope``: 1 for ℓ1 and nonnegative ℓ1, ``1/(1 + ηλ₂)`` for the elastic net),
+        so ``B_SS = ∂H_S/∂w_S = (1 − s) I + sη G_SS``: symmetric positive definite when ``s`` is
+        one number, factored by Cholesky; the engine then needs no product with ``B_SS`` to
+        solve, only the one VJP that gives the hypergradient and checks the residual.
+        ``None`` (the engine then builds ``B_SS`` and checks its conditioning) for other
+        datafits, a slope varying across features (``B_SS`` not symmetric), when the Gram
+        matrix does not cover the support, or when the factor is close to singular."""
         gram = self._gram_on(index) if self.datafit.quadratic else None
         if gram is None or index.numel() == 0:
             return None
-        M = gram[0]  # a fresh gather: the in-place ridge below touches nothing shared
-        l2 = self.penalty.params(detach(theta), index).get("l2", 0.0)
-        if isinstance(l2, Tensor) or l2 != 0.0:
-            M.diagonal().add_(l2)
+        slope = self.penalty.slope(self.penalty.params(detach(theta), index), self.step)
+        if isinstance(slope, Tensor):
+            if slope.numel() > 1 and not bool((slope == slope.flatten()[0]).all()):
+                return None
+            slope = float(slope.flatten()[0])
+        M = gram[0]  # a fresh gather: the in-place updates below touch nothing shared
+        M.mul_(slope * self.step).diagonal().add_(1.0 - slope)
         factor, info = torch.linalg.cholesky_ex(M)
         pivots = factor.diagonal()
         eps = torch.finfo(M.dtype).eps
@@ -249,33 +260,40 @@ class WorkingSet:
         score = torch.where(support, torch.full_like(violation, math.inf), violation)
         return torch.topk(score, size).indices.sort().values
 
-    def _solve_restricted(self, W: Tensor, w: Tensor, z: Tensor, params: dict
-                          ) -> tuple[Tensor, int]:
-        """Minimise ``F(X_W w) + g_W(w)`` from ``w``: exact model for a quadratic datafit,
-        proximal Newton with backtracking otherwise. Returns the solution and the number of
-        sub-solver iterations."""
-        X_W = self._columns(W)
+    def _solve_restricted(self, W: Tensor, w: Tensor, z: Tensor, grad: Tensor, params: dict
+                          ) -> tuple[Tensor, int, Tensor]:
+        """Minimise ``F(X_W w) + g_W(w)`` from ``w`` (``z = X_W w``, ``grad = ∇_W f(w)``):
+        exact model for a quadratic datafit, proximal Newton with backtracking otherwise.
+        Returns the solution, the number of sub-solver iterations and its ``X_W w``."""
         datafit, penalty = self.datafit, self.penalty
+        if datafit.quadratic and W.numel() <= self.gram_max:
+            # F(X_W v) = ½vᵀGv − bᵀv + const with G = X_Wᵀ diag(F'') X_W, b = Gw − ∇_W f(w)
+            if self._cache is None:
+                self._cache = _GramCache(self._columns, datafit.curvature(z))
+            G = self._cache.gram(W, 4 * self.gram_max)
+            self._col_sq = max(self._col_sq, self._cache.col_sq)
+            linear = G @ w - grad
+            target, k = _solve_model(G, linear, w, penalty, params, self.tol, self.sub_maxiter)
+            self._gram = (W, G, linear)
+            return target, k, self._cache.product(target)
+        X_W = self._columns(W)
         self._col_sq = max(self._col_sq, float((X_W * X_W).sum(0).max()))
-        if datafit.quadratic and W.numel() > self.gram_max:  # a Gram matrix would cost more
-            return _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol,
-                                      self.sub_maxiter)
+        if datafit.quadratic:  # a Gram matrix would cost more
+            target, k = _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol,
+                                           self.sub_maxiter)
+            return target, k, X_W @ target
         iterations = 0
-        for _ in range(1 if datafit.quadratic else 100):
+        for _ in range(100):
             grad = X_W.T @ datafit.derivative(z)
-            if not datafit.quadratic and float(penalty.violation(w, grad, params).max()) \
-                    <= self.tol:
+            if float(penalty.violation(w, grad, params).max()) <= self.tol:
                 break
             hessian = X_W.T @ (datafit.curvature(z)[:, None] * X_W)
             linear = hessian @ w - grad
             target, k = _solve_model(hessian, linear, w, penalty, params, self.tol,
                                      self.sub_maxiter)
             iterations += k
-            if datafit.quadratic:  # F(X_W v) = ½vᵀ(hessian)v − linearᵀv + const: keep it
-                self._gram = (W, hessian, linear)
-                return target, iterations
             w, z = self._line_search(X_W, w, z, target - w, grad, params)
-        return w, iterations
+        return w, iterations, z
 
     def _line_search(self, X_W: Tensor, w: Tensor, z: Tensor, d: Tensor, grad: Tensor,
                      params: dict) -> tuple[Tensor, Tensor]:
@@ -294,22 +312,137 @@ class WorkingSet:
         return w, z
 
 
+class _GramCache:
+    """The columns ``X_C`` of the features visited by the working sets of a quadratic datafit
+    (constant curvature ``c = F''``) and their Gram matrix ``X_Cᵀ diag(c) X_C``, grown by the
+    new columns only: a working set that overlaps the last one (the support is always kept)
+    costs ``n·|C|·|new|`` instead of ``n·|W|²``. Both live in buffers whose capacity doubles
+    when full (no copy of ``X_C`` per working set); reset to the working set when ``|C|`` would
+    pass ``cap``.
+
+    Args:
+        columns: ``index ↦ X[:, index]``.
+        curvature: ``F''`` per sample (constant for a quadratic datafit).
+    """
+
+    def __init__(self, columns: Callable[[Tensor], Tensor], curvature: Tensor):
+        self._columns = columns
+        self._c = curvature[:, None]
+        self._Xt: Tensor | None = None  # rows 0..size-1: X_Cᵀ
+        self._G: Tensor | None = None  # block 0..size-1: the Gram matrix
+        self._pos: dict[int, int] = {}
+        self.col_sq = 0.0  # max ‖x_j‖² over C
+
+    def gram(self, W: Tensor, cap: int) -> Tensor:
+        """``X_Wᵀ diag(c) X_W`` (a fresh tensor)."""
+        keys = W.tolist()
+        new = [j for j in keys if j not in self._pos]
+        if len(self._pos) + len(new) > cap:
+            self._Xt, self._G, self._pos, new = None, None, {}, keys
+        if new:
+            X_new = self._columns(torch.tensor(new, dtype=torch.long, device=W.device))
+            cX_new = self._c * X_new
+            self.col_sq = max(self.col_sq, float((X_new * X_new).sum(0).max()))
+            size, k = len(self._pos), len(new)
+            self._reserve(size + k, X_new)
+            Xt, G = self._Xt, self._G
+            Xt[size:size + k] = X_new.T
+            G[size:size + k, size:size + k] = X_new.T @ cX_new
+            if size:
+                cross = Xt[:size] @ cX_new
+                G[:size, size:size + k] = cross
+                G[size:size + k, :size] = cross.T
+            self._pos.update((j, size + i) for i, j in enumerate(new))
+        pos = torch.tensor([self._pos[j] for j in keys], dtype=torch.long, device=W.device)
+        self._last = pos
+        return self._G.index_select(0, pos).index_select(1, pos)
+
+    def product(self, w_W: Tensor) -> Tensor:
+        """``X_W w_W`` for the ``W`` of the last :meth:`gram` (no column gather)."""
+        size = len(self._pos)
+        w_C = torch.zeros(size, dtype=w_W.dtype, device=w_W.device)
+        w_C[self._last] = w_W
+        return w_C @ self._Xt[:size]
+
+    def _reserve(self, size: int, like: Tensor) -> None:
+        capacity = 0 if self._Xt is None else self._Xt.shape[0]
+        if size <= capacity:
+            return
+        capacity = max(size, 2 * capacity, 64)
+        Xt = like.new_empty(capacity, like.shape[0])
+        G = like.new_zeros(capacity, capacity)
+        if self._Xt is not None:
+            old = len(self._pos)
+            Xt[:old] = self._Xt[:old]
+            G[:old, :old] = self._G[:old, :old]
+        self._Xt, self._G = Xt, G
+
+
+def _plain(params: dict) -> dict:
+    """Penalty parameters with one-element tensors as Python floats: the solver's arithmetic
+    runs without autograd, and a float spares every prox its tensor checks (one sync each)."""
+    return {k: float(v) if isinstance(v, Tensor) and v.numel() == 1 else v
+            for k, v in params.items()}
+
+
+_EIGH_MAX = 96  # largest Gram matrix whose λmax is taken by eigvalsh
+_ROUNDS = 8  # active-set rounds of the quadratic sub-solver before FISTA
+
+
 def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: float,
                  maxiter: int) -> tuple[Tensor, int]:
-    """``argmin_v ½vᵀGv − bᵀv + g(v)`` by FISTA with restart, finished by the exact solve on
-    the support (signs fixed) as soon as it satisfies the KKT conditions. Returns the solution
-    and the FISTA iterations used."""
-    step = 1.0 / max(_largest_eigenvalue(lambda v: G @ v, G.shape[0], G), 1e-300)
-    x, y, t = w, w, 1.0
+    """``argmin_v ½vᵀGv − bᵀv + g(v)`` from ``w``. Returns the solution and the iterations
+    used (active-set rounds plus FISTA iterations).
+
+    1. Primal-dual active-set rounds (a semismooth Newton method on the prox-gradient fixed
+       point): a prox-gradient step from the current point (step ``1/max_j G_jj``) gives a
+       support and signs; the exact solve on that support with those signs fixed
+       (``penalty.on_support``, one Cholesky factorisation of ``G_SS``) is the next point.
+       From a warm start (the last working set's solution) the support settles in a few rounds
+       and the solve is exact; at most ``_ROUNDS`` rounds, stopped when a sign pattern repeats.
+    2. Otherwise FISTA with restart from ``w``, finished by the same exact solve,
+       tried every time the sign pattern of the iterates has just settled on one not tried
+       yet (equal on two consecutive iterations) and every 10 iterations.
+    """
+    def solved(candidate: Tensor) -> bool:
+        return float(penalty.violation(candidate, G @ candidate - b, params).max()) <= tol
+
+    k_size = G.shape[0]
+    if k_size == 0:
+        return w, 0
+    eta = 1.0 / max(float(G.diagonal().max()), 1e-300)
+    x, seen = w, []
+    for rounds in range(1, _ROUNDS + 1):
+        x_prox = penalty.prox(x - eta * (G @ x - b), params, eta)
+        pattern = torch.sign(x_prox)
+        if any(torch.equal(pattern, q) for q in seen):
+            break  # cycling: leave it to FISTA
+        seen.append(pattern)
+        x = penalty.on_support(G, b, x_prox, params)
+        if solved(x):
+            return x, rounds
+    x = w  # the warm start: the rounds may have wandered (e.g. a near-singular G_SS)
+    if k_size <= _EIGH_MAX:  # exact λmax: cheaper than power iterations at this size
+        lipschitz = float(torch.linalg.eigvalsh(G)[-1])
+    else:
+        lipschitz = _largest_eigenvalue(lambda v: G @ v, k_size, G)
+    step = 1.0 / max(lipschitz, 1e-300)
+    y, t = x, 1.0
+    previous = tried = None
     for k in range(maxiter):
         x_new = penalty.prox(y - step * (G @ y - b), params, step)
-        if k % 10 == 0:
+        sign = torch.sign(x_new)
+        settled = previous is not None and torch.equal(sign, previous) and (
+            tried is None or not torch.equal(sign, tried))
+        if settled or k % 10 == 0:
+            tried = sign
             for candidate in (penalty.on_support(G, b, x_new, params), x_new):
-                if float(penalty.violation(candidate, G @ candidate - b, params).max()) <= tol:
-                    return candidate, k + 1
+                if solved(candidate):
+                    return candidate, rounds + k + 1
+        previous = sign
         y, t = momentum(x, x_new, y, t)
         x = x_new
-    return x, maxiter
+    return x, rounds + maxiter
 
 
 def _solve_matrix_free(X_W: Tensor, w: Tensor, datafit, penalty, params: dict, tol: float,
