@@ -69,8 +69,8 @@ class FixedPointLayer(nn.Module):
         method: ``"anderson"``, ``"broyden"``, ``"picard"`` or ``"km"`` (forward solver).
         tol: forward tolerance, per sample ``‖z − f(z, x)‖∞ / (1 + ‖z‖∞) ≤ tol``.
         maxiter: forward iteration cap (a :class:`bilevel.ConvergenceWarning` above it; the
-            layer still returns, per unconverged sample, the iterate of lowest residual it
-            visited, and its derivative).
+            layer still returns the last iterate, or with ``keep_best=True`` the one of lowest
+            residual, and its derivative).
         adjoint: how to differentiate (default :func:`deq_adjoint`: GMRES to ``1e-3``);
             ``self.adjoint.report`` describes the last solve and backward.
         z_shape: shape of one sample of ``z`` (e.g. ``(128,)``); default: that of ``x``.
@@ -81,7 +81,7 @@ class FixedPointLayer(nn.Module):
             it makes ``forward`` depend on the call history).
         memory: Anderson / Broyden memory.
         **solver_kwargs: other :class:`solvers.FixedPoint` arguments (``damping``,
-            ``regularization``).
+            ``regularization``, ``keep_best``).
 
     Raises:
         (from ``forward``) bilevel.DivergenceError: the forward iteration diverged;

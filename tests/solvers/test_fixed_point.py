@@ -321,18 +321,32 @@ def test_float32_stays_float32(method):
     assert y2.dtype == torch.float32
 
 
-def test_unconverged_problem_returns_its_lowest_residual_iterate():
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_unconverged_problem_returns_its_last_or_best_iterate(keep_best):
     """Row 0 contracts (``y = y/2 + 1``, converges), row 1 expands (``y = 2y + 1``: Picard's
-    residual doubles each step, from 1 at the start ``y = 0``). At ``maxiter`` row 1 returns the
-    best point it visited (the start), not the last one (``2⁴ − 1``); row 0 its last iterate."""
+    residual doubles each step, from 1 at the start ``y = 0``). At ``maxiter`` row 1 returns its
+    last iterate ``2⁴ − 1``, or with ``keep_best`` the best point it visited (the start); row 0
+    its last iterate either way (its residual decreases)."""
 
     def affine(y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return theta[:, :1] * y + 1.0
 
     theta = torch.tensor([[0.5], [2.0]], dtype=F64)
-    solver = FixedPoint(affine, method="picard", maxiter=4, tol=1e-12, batch_ndim=1)
+    solver = FixedPoint(affine, method="picard", maxiter=4, tol=1e-12, batch_ndim=1,
+                        keep_best=keep_best)
     with pytest.warns(bilevel.ConvergenceWarning):
         y = solver.run(theta, zeros(2, 1))
-    assert float(y[1, 0]) == 0.0  # the start, residual 1 (the last iterate has residual 16)
     assert float(y[0, 0]) == 2.0 - 2.0 ** -3  # Picard from 0: y_k = 2 − 2^{1−k}
-    assert solver.info.residual == pytest.approx(1.0)
+    if keep_best:
+        assert float(y[1, 0]) == 0.0  # the start, residual 1 (the last iterate's is 16)
+        assert solver.info.residual == pytest.approx(1.0)
+    else:
+        assert float(y[1, 0]) == 15.0
+        assert solver.info.residual == pytest.approx(16.0 / 16.0)  # ‖g‖ / (1 + ‖y‖)
+
+
+def test_layer_passes_keep_best_to_its_solver():
+    from bilevel.layers import FixedPointLayer
+
+    layer = FixedPointLayer(nn.Linear(3, 3), z_shape=(3,), keep_best=True)
+    assert layer.solver.keep_best and not FixedPoint(T).keep_best
