@@ -194,8 +194,8 @@ class WorkingSet:
             if slope.numel() > 1 and not bool((slope == slope.flatten()[0]).all()):
                 return None
             slope = float(slope.flatten()[0])
-        M = gram[0]  # a fresh gather: the in-place updates below touch nothing shared
-        M.mul_(slope * self.step).diagonal().add_(1.0 - slope)
+        M = gram[0] * (slope * self.step)
+        M.diagonal().add_(1.0 - slope)
         factor, info = torch.linalg.cholesky_ex(M)
         pivots = factor.diagonal()
         eps = torch.finfo(M.dtype).eps
@@ -207,17 +207,21 @@ class WorkingSet:
 
     def _gram_on(self, index: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(G_SS, b_S)``: the last formed Gram matrix ``G`` and linear term ``b`` (of the
-        working set ``W``, ``self._gram``) restricted to the features ``index``, or ``None``
-        if one of them is not in ``W``."""
+        working set ``W``, ``self._gram``) restricted to the features ``index``, or
+        ``None`` if one of them is not in ``W``. Shared by the reduced mapping and its
+        preconditioner (the last result is kept): callers must not modify it."""
         W, G, b = self._gram
         if W is None:
             return None
-        position = torch.full((self.X.shape[1],), -1, dtype=torch.long, device=W.device)
-        position[W] = torch.arange(W.numel(), device=W.device)
-        pos = position[index]
-        if not bool((pos >= 0).all()):
-            return None
-        return G.index_select(0, pos).index_select(1, pos), b[pos]
+        last = getattr(self, "_gram_last", None)
+        if last is not None and last[0] is index and last[1] is G:
+            return last[2]
+        pos = torch.searchsorted(W, index).clamp_(max=W.numel() - 1)  # W is sorted
+        out = None
+        if bool((W[pos] == index).all()):
+            out = G.index_select(0, pos).index_select(1, pos), b[pos]
+        self._gram_last = (index, G, out)
+        return out
 
     def _smooth(self, w: Tensor, theta: Theta) -> Tensor:
         return self.datafit.value(self.X @ w)
