@@ -44,7 +44,7 @@ bench: $(STAMP)          ## the benchmarks beside their peers → $(BENCH)/*.jso
 	$(RUN_BENCH)logreg_l2_hypergrad.py --repeat 5 --json $(BENCH)/logreg_l2_hypergrad.json
 	$(RUN_BENCH)qp_layer.py --batch 1 128 --dtype float64 float32 --repeat 5 --json $(BENCH)/qp_layer.json
 	$(RUN_BENCH)qp_layer.py --batch 1024 --dtype float64 float32 --methods native-hint moreau qpth --repeat 3 --json $(BENCH)/qp_layer_1024.json
-	$(RUN_BENCH)deq.py --epochs 20 --json $(BENCH)/deq.json
+	$(RUN_BENCH)deq.py --epochs 20 --seeds 0 1 2 --json $(BENCH)/deq.json
 	$(RUN_BENCH)stochastic_bilevel.py --seeds 3 --budget 5 --maxiter 40 --plot benchmarks/figures/stochastic_bilevel.png --json $(BENCH)/stochastic_bilevel.json
 	$(RUN_BENCH)stochastic_bilevel.py --dataset breast_cancer --seeds 3 --budget 5 --plot benchmarks/figures/stochastic_bilevel_breast_cancer.png --json $(BENCH)/stochastic_bilevel_breast_cancer.json
 	$(RUN_BENCH)hyperparam_search.py --budget 30 --json $(BENCH)/hyperparam_search.json
