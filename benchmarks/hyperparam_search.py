@@ -104,7 +104,7 @@ def build_task(name: str, args: argparse.Namespace):
         return build(seed=args.seed)
     if name == "logreg_l2":
         from tasks.logreg_l2 import build
-        return build(dataset=args.logreg_dataset, seed=args.seed)
+        return build(dataset=args.logreg_dataset, seed=args.seed, cv_folds=None, shrink=0.0)
     raise SystemExit(f"unknown task {name!r}: weighted_lasso or logreg_l2")
 
 

@@ -191,7 +191,8 @@ def run_ours(problem, steps, gtol) -> tuple[Trace, str]:
 def warm_up(dataset: str, data) -> None:
     """Two steps of both deterministic methods on a small copy of the problem (untimed): the
     process's one-time costs (imports, first calls of torch.func) stay out of the timings."""
-    small = build(dataset, test_fraction=TEST_FRACTION[dataset], max_rows=200).problem
+    small = build(dataset, test_fraction=TEST_FRACTION[dataset], max_rows=200,
+                  cv_folds=None, shrink=0.0).problem
     run_outer(BoundedLBFGS(), small, 2)
     X, y, Xv, yv = data
     run_peer((X[:200], y[:200], Xv[:200], yv[:200]), small.theta0.numpy().copy(),
@@ -282,7 +283,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown methods {unknown}; choose among {sorted(STOCHASTIC)}")
 
-    problem = build(dataset, test_fraction=TEST_FRACTION[dataset]).problem
+    problem = build(dataset, test_fraction=TEST_FRACTION[dataset], cv_folds=None,
+                    shrink=0.0).problem
     bounds = problem.bounds
     (X, y), (Xv, yv), _ = load_splits(dataset, TEST_FRACTION[dataset], 0.25, seed=0)
     data = (X, y, Xv, yv)

@@ -13,6 +13,7 @@ from bilevel.errors import (
     ConvergenceWarning,
     DivergenceError,
     KinkWarning,
+    MissingMinibatchLosses,
     SingularJacobianError,
 )
 from bilevel.implicit import implicit_solve
@@ -26,6 +27,7 @@ __all__ = [
     "ImplicitReport",
     "KinkCertificate",
     "KinkWarning",
+    "MissingMinibatchLosses",
     "SingularJacobianError",
     "implicit_solve",
     "kink_certificate",

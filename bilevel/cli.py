@@ -47,6 +47,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bilevel.errors import MissingMinibatchLosses
 from bilevel.outer.base import OuterResult, OuterState, run_outer
 from bilevel.plots import convergence_plot
 from bilevel.report import text_table
@@ -93,6 +94,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             checkpoint=out_dir / CHECKPOINT, checkpoint_every=cfg.checkpoint_every,
             resume=cfg.resume, checkpoint_tag=trajectory_tag(cfg),
         )
+    except MissingMinibatchLosses as err:
+        if task.minibatch_hint is None:
+            raise
+        raise MissingMinibatchLosses(f"{err}. task={task.name} has them with "
+                                     f"{task.minibatch_hint}") from err
     finally:
         bar.close()
     wall = time.perf_counter() - start

@@ -24,6 +24,11 @@ class KinkWarning(UserWarning):
     ``bilevel.kink_certificate`` says whether the hypergradient depends on the selection."""
 
 
+class MissingMinibatchLosses(ValueError):
+    """A stochastic outer method (one that samples minibatches) was given a problem without the
+    minibatch losses ``BilevelProblem.inner_loss`` / ``outer_loss``."""
+
+
 class AdjointFallbackWarning(UserWarning):
     """A regularised (ridge) or least-squares adjoint solve was used: the returned derivative
     is that of a perturbed or minimum-norm system, not the implicit-function derivative."""
@@ -34,5 +39,6 @@ __all__ = [
     "ConvergenceWarning",
     "DivergenceError",
     "KinkWarning",
+    "MissingMinibatchLosses",
     "SingularJacobianError",
 ]

@@ -28,6 +28,8 @@ class Task:
         baseline: ``() -> (test metric, hyperparameters)`` of that baseline on the same split.
         extra_metrics: optional ``(θ, y*) -> {name: value}``: further figures the comparison
             needs (e.g. an F1 score, worst-group accuracy, the baselines' values of them).
+        minibatch_hint: the setting that gives this task minibatch losses where its current
+            settings have none (e.g. ``"task.cv_folds=null"``), for the stochastic methods' error.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Task:
     baseline_name: str
     baseline: Callable[[], tuple[float, dict[str, float]]]
     extra_metrics: Callable[[Tensor, Tensor], dict[str, float]] | None = None
+    minibatch_hint: str | None = None
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -118,9 +118,16 @@ def test_resume_with_another_configuration_is_refused(tmp_path):
     assert "different run configuration" in proc.stderr
 
 
+def test_a_stochastic_method_on_the_cv_form_names_the_task_setting_that_fixes_it(tmp_path):
+    proc = run_app(tmp_path, "task=logreg_l2", "outer=soba", "steps=1")
+    assert proc.returncode != 0
+    assert "SOBA needs the minibatch losses" in proc.stderr
+    assert "task=logreg_l2 has them with task.cv_folds=null" in proc.stderr
+
+
 def test_divergence_exits_nonzero_naming_the_step_and_writes_the_best_iterate(tmp_path):
     # unbounded log-weights and a huge step: e^θ overflows after the first step
-    proc = run_app(tmp_path, "task=logreg_l2", "task.dataset=breast_cancer", "task.bounds=null",
+    proc = run_app(tmp_path, "task=logreg_l2", "task.cv_folds=null", "task.bounds=null",
                    "outer.optimizer=sgd", "outer.lr=1e6", "steps=20")
     assert proc.returncode == 2, proc.stderr
     assert "diverged at step 1" in proc.stderr

@@ -21,15 +21,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bilevel.errors import MissingMinibatchLosses
 from bilevel.outer.base import BilevelProblem
 
 Loss = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def require_losses(problem: BilevelProblem, method: str) -> tuple[Loss, Loss]:
-    """``(inner_loss, outer_loss)`` of the problem, or a ValueError naming the fix."""
+    """``(inner_loss, outer_loss)`` of the problem, or :class:`MissingMinibatchLosses` (a
+    ValueError) naming the fix."""
     if problem.inner_loss is None or problem.outer_loss is None:
-        raise ValueError(
+        raise MissingMinibatchLosses(
             f"{method} needs the minibatch losses of the problem: set BilevelProblem.inner_loss "
             "= g(y, θ, idx) and outer_loss = f(y, θ, idx) (with n_inner / n_outer), or use "
             "ImplicitGD, which needs only the inner solver and the outer loss"

@@ -23,7 +23,7 @@ RUNS = [pytest.param((0,), 20, id="seed0"),
 
 @pytest.fixture(scope="module")
 def problem():
-    return build(dataset="breast_cancer").problem
+    return build(dataset="breast_cancer", cv_folds=None, shrink=0.0).problem
 
 
 @pytest.mark.parametrize("seeds, steps", RUNS)

@@ -20,7 +20,7 @@ from tests.helpers import central_difference
 
 @pytest.fixture(scope="module")
 def task():
-    return build("breast_cancer", seed=0)
+    return build("breast_cancer", seed=0, cv_folds=None, shrink=0.0)
 
 
 def test_inner_solution_matches_sklearn_logistic_regression(task):
@@ -81,3 +81,43 @@ def test_ijcnn1_like_split_has_the_issue_shape():
 def test_bad_bounds_are_an_error_naming_them():
     with pytest.raises(ValueError, match="low < high"):
         build("breast_cancer", bounds=(2.0, -2.0))
+
+
+def test_cv_criterion_is_the_mean_of_sklearns_fold_log_losses():
+    """The default (``cv_folds=5``) outer value at a shared weight λ equals the mean over
+    StratifiedKFold(5)'s folds of the validation log-loss of sklearn's LogisticRegression fitted
+    on the fold's training rows with ``C = 1 / (λ n_k)``; the test metric is the refit's."""
+    from sklearn.model_selection import StratifiedKFold
+
+    task = build("breast_cancer", seed=0, shrink=0.0)
+    p = task.problem
+    (X, y), (Xv, yv), (Xt, yt) = load_splits("breast_cancer", 0.2, 0.25, seed=0)
+    X_fit, y_fit = np.vstack([X, Xv]), np.concatenate([y, yv])
+    lam = 3e-3
+    theta = torch.full((X.shape[1],), math.log(lam), dtype=torch.float64)
+    losses = []
+    for tr, va in StratifiedKFold(5).split(X_fit, y_fit):
+        model = LogisticRegression(C=1 / (lam * len(tr)), fit_intercept=False, tol=1e-14,
+                                   solver="newton-cholesky",
+                                   max_iter=10_000).fit(X_fit[tr], y_fit[tr])
+        losses.append(np.logaddexp(0, -y_fit[va] * (X_fit[va] @ model.coef_.ravel())).mean())
+    w = p.inner.run(theta, p.y0)
+    assert w.shape == (5, X.shape[1])
+    assert float(p.outer(w, theta)) == pytest.approx(float(np.mean(losses)), rel=1e-9)
+    refit = LogisticRegression(C=1 / (lam * len(y_fit)), fit_intercept=False, tol=1e-14,
+                                   solver="newton-cholesky",
+                               max_iter=10_000).fit(X_fit, y_fit)
+    expected = np.logaddexp(0, -yt * (Xt @ refit.coef_.ravel())).mean()
+    assert task.test_metric(theta, w) == pytest.approx(expected, rel=1e-7)
+    assert p.inner_loss is None  # the CV form has no minibatch losses (cv_folds=None has)
+
+
+def test_shrink_adds_the_spread_of_the_log_weights_to_the_outer_loss():
+    plain, shrunk = build("breast_cancer", seed=0, shrink=0.0), build("breast_cancer", seed=0)
+    theta = torch.linspace(-6, -2, 30, dtype=torch.float64)
+    w = plain.problem.inner.run(theta, plain.problem.y0)
+    spread = float(((theta - theta.mean()) ** 2).mean())
+    assert float(shrunk.problem.outer(w, theta) - plain.problem.outer(w, theta)) == \
+        pytest.approx(0.5 * 0.1 * spread, rel=1e-12)
+    flat = torch.full((30,), -4.0, dtype=torch.float64)
+    assert float(shrunk.problem.outer(w, flat)) == float(plain.problem.outer(w, flat))
