@@ -137,7 +137,8 @@ numpy reference, outside the timed region.""",
         ("hyperparam_search",),
         """The tasks `weighted_lasso` (one ℓ1 weight per feature, p = 100, sparse correlated
 regression) and `logreg_l2` (one L2 weight per feature, p = 22, ijcnn1-shaped with a 20 % test
-split of the outer rows), built by `tasks.<task>.build` as the `bilevel` command builds them.
+split of the outer rows; its validation-split form, `cv_folds=None, shrink=0`, whose test metric
+is the model refitted on train ∪ validation), built by `tasks.<task>.build`.
 Every search minimises the same validation loss with the task's inner solver over the task's
 box and keeps the θ with the lowest validation loss so far; the held-out column is the test
 metric of that θ (evaluated outside the timed region). Ours: `lbfgsb` and `implicit` (Adam) on
