@@ -54,6 +54,7 @@ from solvers.base import SolveInfo
 
 LINEAR_SOLVERS = ("auto", "lu", "cholesky", "lstsq", *ITERATIVE)
 _REFINE_PRODUCTS = 4  # most VJPs iterative refinement may spend before handing over
+_SAFETY = 100.0  # margin of the extrapolated residual that lets the last step skip its check
 
 
 @dataclass
@@ -165,7 +166,11 @@ class ImplicitAdjoint:
         Step ``j`` costs one VJP ``[A B]ᵀδ_j`` (:meth:`Linearization.rmatvec`), with
         ``δ₀ = u`` and ``δ_{j+1} = P r_{j+1}``; by linearity ``r_{j+1} = r_j − Bᵀδ_j``
         (``r₀ = −v``) is the residual of ``u_{j+1} = Σδ`` and ``Aᵀu_{j+1} = ΣAᵀδ``. It stops
-        once every row meets ``‖r_i‖ ≤ tol·‖v_i‖``. When the observed contraction
+        once every row meets ``‖r_i‖ ≤ tol·‖v_i‖``, or when the residual the next step leaves,
+        extrapolated at the observed contraction ``ρ = ‖r_{j+1}‖/‖r_j‖`` (max over rows,
+        relative to tol), is 100× below tol: that last step then only needs ``Aᵀδ`` (a VJP
+        that skips the ``Bᵀδ`` branch, e.g. the Hessian-vector product of a smooth solver)
+        and the report gives the extrapolated residual. When the observed contraction
         ``ρ = ‖r_{j+1}‖/‖r_j‖`` cannot reach ``tol`` within the step budget (a stale factor, a
         wrong guess), the rest, ``Bᵀe = r``, is solved by :meth:`reverse` (with ``inactive``,
         ``symmetric``, ``preconditioner``) to the tolerance that keeps ``‖−v − Bᵀ(u + e)‖ ≤
@@ -193,11 +198,22 @@ class ImplicitAdjoint:
                 return grads
             rho = excess / previous
             previous = excess
-            needed = math.log(excess) / -math.log(rho) if 0 < rho < 1 else math.inf
-            if preconditioner is None or not math.isfinite(excess) or \
-                    products + needed > _REFINE_PRODUCTS:
+            if preconditioner is None or not math.isfinite(excess):
                 break
             delta = preconditioner(r)
+            if _SAFETY * rho * excess <= 1.0 and (u is None or products > 1):  # ρ of a P-step
+                # the step δ = P r leaves, at the contraction just observed, a residual 100×
+                # below tol: only its θ-part is needed (a VJP that skips the Bᵀδ branch)
+                grads = tuple(g + d for g, d in zip(grads, lin.rmatvec_theta(delta),
+                                                    strict=True))
+                self.report.full_size = self.report.restricted_size = lin.m * lin.k
+                self.report.linear_solver, self.report.rcond = "refinement", None
+                estimate = torch.full_like(v_norm, rho * excess * tol)
+                self.report.linear = make_info("refinement", products + 1, estimate, tol)
+                return grads
+            needed = math.log(excess) / -math.log(rho) if 0 < rho < 1 else math.inf
+            if products + needed > _REFINE_PRODUCTS:
+                break
         if grads is None:  # no usable guess: solve from scratch
             return lin.rmatvec_theta(self.reverse(lin, v, inactive, symmetric, preconditioner))
         if not math.isfinite(previous):  # a guess with NaN/Inf: discard it

@@ -47,10 +47,12 @@ class Linearization:
         self._thetas = tuple(t.detach() for t in thetas)
         self._mapping = mapping
         if torch._C._functorch.maybe_current_level() is None:
-            H, self._vjp, self._vjp_y = _autograd_vjp(mapping, self._y, self._thetas)
+            H, self._vjp, self._vjp_y, self._vjp_theta = _autograd_vjp(mapping, self._y,
+                                                                       self._thetas)
         else:
             H, self._vjp = torch.func.vjp(lambda yy, *ts: mapping(yy, ts), self._y, *self._thetas)
             self._vjp_y = lambda u: self._vjp(u)[0]
+            self._vjp_theta = lambda u: tuple(self._vjp(u)[1:])
         if H.shape != y.shape:
             raise ValueError(
                 f"the optimality mapping returned shape {tuple(H.shape)} for y of shape "
@@ -77,8 +79,8 @@ class Linearization:
         return self.flat(self._vjp_y(self.unflat(u)))
 
     def rmatvec_theta(self, u: Tensor) -> tuple[Tensor, ...]:
-        """``Aᵀu``, one entry per θ."""
-        return self._vjp(self.unflat(u))[1:]
+        """``Aᵀu``, one entry per θ (the backward pass skips what only ``Bᵀu`` needs)."""
+        return self._vjp_theta(self.unflat(u))
 
     def rmatvec(self, u: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         """``(Bᵀu, Aᵀu)`` from one VJP ``[A B]ᵀu`` (``Bᵀu`` in the ``(m, k)`` layout, ``Aᵀu``
@@ -122,9 +124,11 @@ class Linearization:
 
 
 def _autograd_vjp(mapping: Mapping, y: Tensor, thetas: tuple[Tensor, ...]
-                  ) -> tuple[Tensor, Vjp, Callable[[Tensor], Tensor]]:
-    """``H``, ``u ↦ (Bᵀu, A₁ᵀu, …)`` and ``u ↦ Bᵀu`` on one retained autograd graph (the
-    last skips the θ-gradients, which can be large: a QP's ``Q`` per batch item)."""
+                  ) -> tuple[Tensor, Vjp, Callable[[Tensor], Tensor], Vjp]:
+    """``H``, ``u ↦ (Bᵀu, A₁ᵀu, …)``, ``u ↦ Bᵀu`` and ``u ↦ (A₁ᵀu, …)`` on one retained
+    autograd graph (the partial ones skip the branches only the other part needs: the
+    θ-gradients can be large, a QP's ``Q`` per batch item; ``Bᵀu`` can be the expensive part,
+    a Hessian-vector product over all the data)."""
     with torch.enable_grad():
         leaves = (y.detach().requires_grad_(True),
                   *(t.detach().requires_grad_(True) for t in thetas))
@@ -143,4 +147,11 @@ def _autograd_vjp(mapping: Mapping, y: Tensor, thetas: tuple[Tensor, ...]
         (grad,) = torch.autograd.grad(H, leaves[0], u, retain_graph=True, allow_unused=True)
         return torch.zeros_like(leaves[0]) if grad is None else grad
 
-    return H, vjp, vjp_y
+    def vjp_theta(u: Tensor) -> tuple[Tensor, ...]:
+        if not H.requires_grad or not thetas:
+            return tuple(torch.zeros_like(x) for x in leaves[1:])
+        grads = torch.autograd.grad(H, leaves[1:], u, retain_graph=True, allow_unused=True)
+        return tuple(torch.zeros_like(x) if g is None else g
+                     for x, g in zip(leaves[1:], grads, strict=True))
+
+    return H, vjp, vjp_y, vjp_theta
