@@ -24,8 +24,8 @@ Why ``γ``: thirty free weights fit breast_cancer's folds (455 rows). Measured w
 (default run, 100 implicit steps): on seed 2 the CV log-loss falls from 0.089 to 0.053 while the
 test log-loss rises from 0.062 to 0.082, and the test log-loss is worse than the baseline's on
 2 of seeds 0–4 (0.082 vs 0.061, 0.139 vs 0.062); with ``γ = 0.1`` it is better on all five
-(``γ`` was chosen on those seeds among 0, 0.01 and 0.1, and checked on seeds 5–9: see the issue
-note).
+(``γ`` was chosen on those seeds among 0, 0.01 and 0.1). Checked on seeds 5–9 afterwards: better
+on 3 of 5; over seeds 0–9 the mean test log-loss is 0.0560 against the baseline's 0.0590.
 
 Datasets:
 
