@@ -34,7 +34,8 @@ class LinearSolveInfo:
 
     Attributes:
         method: solver name ("cg", "minres", "gmres", "bicgstab", "neumann", "lu",
-            "cholesky" or "lstsq").
+            "cholesky", "lstsq", or "refinement": the engine's refinement from a solver's own
+            solution or preconditioner, ``bilevel.adjoint``).
         iterations: largest number of ``matvec`` applications any row used (0 for dense
             methods). The initial residual and the final check are not counted.
         residual: largest true relative residual ``‖M_i x_i − b_i‖ / ‖b_i‖`` over the rows,
