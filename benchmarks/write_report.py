@@ -84,8 +84,9 @@ The JAXopt peer is measured on the Lasso only.""",
         """`make_classification(141691, 22, n_informative=12, weights=[0.9, 0.1],
 random_state=0)`, standardised, the first 49,990 rows inner, the rest outer; θ = log(1e-3)·1;
 inner solver `solvers.Smooth(..., method="newton", tol=1e-10)`, cold start. The hypergradient
-is the outer loss's forward + backward through `implicit_solve`; its implicit part reuses the
-Cholesky factor of the last Newton step's Hessian as a CG preconditioner. Checked against
+is the outer loss's forward + backward through `implicit_solve`; its implicit part refines from
+the Cholesky factor of the last Newton step's Hessian (one full and one θ-only VJP of `H`, the
+residual checked inside them). Checked against
 central differences along 3 random directions (h = 1e-4, inner tol 1e-12). Peer: scipy
 L-BFGS-B on the same inner problem (numpy objective and gradient, gtol 1e-10), solve only.""",
     ),
