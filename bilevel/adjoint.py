@@ -186,15 +186,12 @@ class ImplicitAdjoint:
             Bt_delta, At_delta = lin.rmatvec(delta)
             products += 1
             r = r - Bt_delta
-            grads = At_delta if grads is None else tuple(
-                g + d for g, d in zip(grads, At_delta, strict=True))
+            grads = At_delta if grads is None else _add(grads, At_delta)
             r_norm = row_norm(r)
             excess = float((r_norm / threshold.clamp_min(tiny)).max())
             if excess <= 1.0:  # every row within tol (rows with v_i = 0 need r_i = 0)
-                self.report.full_size = self.report.restricted_size = lin.m * lin.k
-                self.report.linear_solver, self.report.rcond = "refinement", None
                 relative = torch.where(v_norm > 0, r_norm / v_norm.clamp_min(tiny), r_norm)
-                self.report.linear = make_info("refinement", products, relative, tol)
+                self._report_refinement(lin, products, relative, tol)
                 return grads
             rho = excess / previous
             previous = excess
@@ -204,24 +201,27 @@ class ImplicitAdjoint:
             if _SAFETY * rho * excess <= 1.0 and (u is None or products > 1):  # ρ of a P-step
                 # the step δ = P r leaves, at the contraction just observed, a residual 100×
                 # below tol: only its θ-part is needed (a VJP that skips the Bᵀδ branch)
-                grads = tuple(g + d for g, d in zip(grads, lin.rmatvec_theta(delta),
-                                                    strict=True))
-                self.report.full_size = self.report.restricted_size = lin.m * lin.k
-                self.report.linear_solver, self.report.rcond = "refinement", None
+                grads = _add(grads, lin.rmatvec_theta(delta))
                 estimate = torch.full_like(v_norm, rho * excess * tol)
-                self.report.linear = make_info("refinement", products + 1, estimate, tol)
+                self._report_refinement(lin, products + 1, estimate, tol)
                 return grads
             needed = math.log(excess) / -math.log(rho) if 0 < rho < 1 else math.inf
             if products + needed > _REFINE_PRODUCTS:
                 break
-        if grads is None:  # no usable guess: solve from scratch
-            return lin.rmatvec_theta(self.reverse(lin, v, inactive, symmetric, preconditioner))
-        if not math.isfinite(previous):  # a guess with NaN/Inf: discard it
+        if grads is None or not math.isfinite(previous):  # no usable guess, or one with
+            # NaN/Inf: solve from scratch
             return lin.rmatvec_theta(self.reverse(lin, v, inactive, symmetric, preconditioner))
         scale = float((threshold / row_norm(r).clamp_min(tiny)).min())
         e = self.reverse(lin, -r, inactive, symmetric, preconditioner,
                          tol=max(min(scale, 1.0), 10 * torch.finfo(v.dtype).eps))
-        return tuple(g + d for g, d in zip(grads, lin.rmatvec_theta(e), strict=True))
+        return _add(grads, lin.rmatvec_theta(e))
+
+    def _report_refinement(self, lin: Linearization, products: int, residual: Tensor,
+                           tol: float) -> None:
+        """Record a refinement that met ``tol`` after ``products`` VJPs (no restriction)."""
+        self.report.full_size = self.report.restricted_size = lin.m * lin.k
+        self.report.linear_solver, self.report.rcond = "refinement", None
+        self.report.linear = make_info("refinement", products, residual, tol)
 
     @property
     def takes_solver_solutions(self) -> bool:
@@ -372,3 +372,8 @@ class ImplicitAdjoint:
         if self.tol is not None:
             return self.tol
         return max(1e-10, 100 * torch.finfo(rhs.dtype).eps)
+
+
+def _add(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Entrywise sum of two per-θ gradient tuples."""
+    return tuple(x + y for x, y in zip(a, b, strict=True))

@@ -184,10 +184,10 @@ class _ImplicitProblem:
             self.adjoint.report.full_size = self.y.numel()
         return y_dot.reshape(self.y.shape)
 
-
     def _solver_guess(self, hint: str, arg: Tensor) -> Tensor | None:
-        """The solver's own solution of the adjoint system (its optional ``solve_adjoint(y, θ,
-        v) -> u`` with ``Bᵀu = −v``), unchecked; ``None`` when it has none."""
+        """The solver's own solution of a linear system (its optional ``solve_adjoint(y, θ, v)
+        -> u`` with ``Bᵀu = −v``, or ``solve_tangent(y, θ, r) -> ẏ`` with ``B ẏ = r``),
+        unchecked; ``None`` when it has none."""
         solve = getattr(self.solver, hint, None)
         return None if solve is None else solve(self.y, self.theta_arg(self.thetas), arg)
 
@@ -196,10 +196,9 @@ class _ImplicitProblem:
         """The solver's own solution of the linear system (its optional ``solve_adjoint(y, θ,
         v) -> u`` with ``Bᵀu = −v``, or ``solve_tangent(y, θ, r) -> ẏ`` with ``B ẏ = r``),
         in the ``(m, k)`` layout, once the adjoint checked its residual; else ``None``."""
-        solve = getattr(self.solver, hint, None)
-        if solve is None or not self.adjoint.takes_solver_solutions:
+        if not self.adjoint.takes_solver_solutions:
             return None  # not computed when the adjoint would not take it
-        x = solve(self.y, self.theta_arg(self.thetas), arg)
+        x = self._solver_guess(hint, arg)
         if x is None:
             return None
         return self.adjoint.checked(lin, lin.flat(x), rhs, transpose)
