@@ -86,6 +86,7 @@ class WorkingSet:
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._gram: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)
         self._cache: _GramCache | None = None  # columns visited and their Gram matrix
+        self._gram_last: tuple | None = None  # (index, G, _gram_on's result) of the last call
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class WorkingSet:
         W, G, b = self._gram
         if W is None:
             return None
-        last = getattr(self, "_gram_last", None)
+        last = self._gram_last
         if last is not None and last[0] is index and last[1] is G:
             return last[2]
         pos = torch.searchsorted(W, index).clamp_(max=W.numel() - 1)  # W is sorted
