@@ -91,13 +91,14 @@ class ImplicitGD:
     sampling: str = "shuffle"
     seed: int = 0
     adjoint: ImplicitAdjoint = field(default_factory=ImplicitAdjoint)
-    hypergrad_rtol: float | None = None
-    hypergrad_atol: float | None = None
-    hypergrad_decay: float = 0.0
-    inner_tol_min: float = 1e-12
-    inner_tol_max: float = 1e-2
-    calibrate_every: int = 10
-    tol_safety: float = 10.0
+    # PrecisionControl's options under this method's names (PRECISION_OPTIONS), its defaults
+    hypergrad_rtol: float | None = PrecisionControl.rtol
+    hypergrad_atol: float | None = PrecisionControl.atol
+    hypergrad_decay: float = PrecisionControl.decay
+    inner_tol_min: float = PrecisionControl.tol_min
+    inner_tol_max: float = PrecisionControl.tol_max
+    calibrate_every: int = PrecisionControl.calibrate_every
+    tol_safety: float = PrecisionControl.safety
     name: str = "implicit"
 
     def __post_init__(self) -> None:
