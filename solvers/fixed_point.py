@@ -240,7 +240,7 @@ class FixedPoint:
         if self.method == "km":
             return (1 - self.damping) * y + self.damping * f
         if self.method == "anderson":
-            return state.anderson_step(f, g)
+            return state.anderson_step(f)
         return y - state.broyden_apply(g)
 
     def _explain_divergence(self, iteration: int, y: Tensor, f: Tensor, res: Tensor,
@@ -319,11 +319,11 @@ class _State:
         elif self.method == "broyden":
             self._broyden_update(active, y_new - y, g_new - g, g, g_new)
 
-    def anderson_step(self, f: Tensor, g: Tensor) -> Tensor:
+    def anderson_step(self, f: Tensor) -> Tensor:
         """``f − ΔF γ`` with ``γ = argmin ‖g − ΔG γ‖² + λ‖γ‖²`` (one batched product for the
         ``filled × filled`` normal equations and their right-hand side, one batched solve);
-        ``f`` itself before the first step. ``g`` is the residual at ``f``'s point (the one
-        kept in row 0 of the buffer since the last :meth:`update`)."""
+        ``f`` itself before the first step. ``g``, the residual at ``f``'s point, is the one
+        kept in row 0 of the buffer since the last :meth:`update`."""
         m = self.filled
         if not m:
             return f
