@@ -1,10 +1,11 @@
 """One conformance suite over every inner solver of ``tests/solvers/registry.py``.
 
 Invariants: the optimality residual is within tolerance at return; dtype and device follow the
-inputs; a warm start lowers the iteration count; the implicit hypergradient matches central
-differences at smooth points and forward mode matches reverse mode; a batched solve equals a
-per-item loop; at a kink the derivative lies between the one-sided limits and a KinkWarning is
-raised; a singular ∂yH raises SingularJacobianError.
+inputs, and on a GPU the solution and hypergradient are the CPU's; a warm start lowers the
+iteration count; the implicit hypergradient matches central differences at smooth points and
+forward mode matches reverse mode; a batched solve equals a per-item loop; at a kink the
+derivative lies between the one-sided limits and a KinkWarning is raised; a singular ∂yH raises
+SingularJacobianError.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tests.helpers import assert_between, assert_directional, one_sided
 from tests.solvers.registry import CASES
 
 F64 = torch.float64
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]  # `pytest -k cuda` selects the GPU variants
 
 
 def ids(cases):
@@ -49,14 +52,35 @@ def test_residual_within_tolerance_at_return(case):
     assert H.shape == y.shape and float(H.abs().max()) <= 1e-6
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))
-def test_dtype_and_device_follow_the_inputs(case):
-    problem = case.build(torch.float32)
+def test_dtype_and_device_follow_the_inputs(case, device):
+    problem = case.build(torch.float32, device)
     theta = problem.theta.clone().requires_grad_(True)
+    assert theta.device.type == device
     y = solve(problem, theta)
     assert y.dtype == torch.float32 and y.device == theta.device
     problem.outer(y).backward()
-    assert theta.grad.dtype == torch.float32 and torch.isfinite(theta.grad).all()
+    assert theta.grad.dtype == torch.float32 and theta.grad.device == theta.device
+    assert torch.isfinite(theta.grad).all()
+
+
+@CUDA
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_cuda_matches_cpu(case):
+    """The float64 solution and θ-gradient on the GPU are the CPU's (max-norm relative error
+    ≤ 1e-8), and each lives on its own device."""
+    results = {}
+    for device in ("cpu", "cuda"):
+        problem = case.build(F64, device)
+        theta = problem.theta.clone().requires_grad_(True)
+        y = solve(problem, theta)
+        problem.outer(y).backward()
+        assert theta.device.type == device and y.device == theta.grad.device == theta.device
+        results[device] = (y.detach().cpu(), theta.grad.cpu())
+    for name, cpu, gpu in zip(("y", "θ.grad"), results["cpu"], results["cuda"], strict=True):
+        error = float((gpu - cpu).abs().max())
+        assert error <= 1e-8 * float(cpu.abs().max()), (name, error, float(cpu.abs().max()))
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))
