@@ -19,7 +19,7 @@ class Quadratic:
         y: targets, shape ``(n,)``.
     """
 
-    quadratic = True
+    quadratic = True  # F'' is constant, equal to curvature_bound(): the Hessian is c·XᵀX
 
     def __init__(self, y: Tensor):
         self.y = y

@@ -105,7 +105,7 @@ class WorkingSet:
         w = torch.zeros(p, dtype=X.dtype, device=X.device) if init is None else init.clone()
         if w.shape != (p,):
             raise ValueError(f"init has shape {tuple(w.shape)}, expected ({p},)")
-        z = X @ w
+        z = X @ w if init is not None else w.new_zeros(X.shape[0])
         residual, iterations, grad = math.inf, 0, None
         self.n_working_sets = 0
         while self.n_working_sets < self.maxiter:
@@ -274,7 +274,7 @@ class WorkingSet:
         if datafit.quadratic and W.numel() <= self.gram_max:
             # F(X_W v) = ½vᵀGv − bᵀv + const with G = X_Wᵀ diag(F'') X_W, b = Gw − ∇_W f(w)
             if self._cache is None:
-                self._cache = _GramCache(self._columns, datafit.curvature(z))
+                self._cache = _GramCache(self.X, self._columns, datafit.curvature_bound())
             G = self._cache.gram(W, 4 * self.gram_max)
             self._col_sq = max(self._col_sq, self._cache.col_sq)
             linear = G @ w - grad
@@ -319,65 +319,69 @@ class WorkingSet:
 
 class _GramCache:
     """The columns ``X_C`` of the features visited by the working sets of a quadratic datafit
-    (constant curvature ``c = F''``) and their Gram matrix ``X_Cᵀ diag(c) X_C``, grown by the
-    new columns only: a working set that overlaps the last one (the support is always kept)
-    costs ``n·|C|·|new|`` instead of ``n·|W|²``. Both live in buffers whose capacity doubles
-    when full (no copy of ``X_C`` per working set); reset to the working set when ``|C|`` would
-    pass ``cap``.
+    (constant curvature ``c = F''``) and their Gram matrix ``c X_CᵀX_C``, grown by the new
+    columns only: a working set that overlaps the last one (the support is always kept) costs
+    ``n·|C|·|new|`` (one product) instead of ``n·|W|²``. Both live in buffers whose capacity
+    doubles when full (``X_C`` is stored transposed, one row per feature, so that growing it is
+    a row copy); reset to the working set when ``|C|`` would pass ``cap``.
 
     Args:
+        X: the design matrix ``(n, p)``.
         columns: ``index ↦ X[:, index]``.
-        curvature: ``F''`` per sample (constant for a quadratic datafit).
+        curvature: ``c``, a number.
     """
 
-    def __init__(self, columns: Callable[[Tensor], Tensor], curvature: Tensor):
+    def __init__(self, X: Tensor, columns: Callable[[Tensor], Tensor], curvature: float):
+        self._like = X[:0, 0]  # X's dtype and device
+        self._n = X.shape[0]
         self._columns = columns
-        self._c = curvature[:, None]
+        self._c = curvature
+        self._slot = torch.full((X.shape[1],), -1, dtype=torch.long, device=X.device)
+        self._size = 0  # |C|
         self._Xt: Tensor | None = None  # rows 0..size-1: X_Cᵀ
         self._G: Tensor | None = None  # block 0..size-1: the Gram matrix
-        self._pos: dict[int, int] = {}
+        self._last: Tensor | None = None  # the slots of the last working set
         self.col_sq = 0.0  # max ‖x_j‖² over C
 
     def gram(self, W: Tensor, cap: int) -> Tensor:
-        """``X_Wᵀ diag(c) X_W`` (a fresh tensor)."""
-        keys = W.tolist()
-        new = [j for j in keys if j not in self._pos]
-        if len(self._pos) + len(new) > cap:
-            self._Xt, self._G, self._pos, new = None, None, {}, keys
-        if new:
-            X_new = self._columns(torch.tensor(new, dtype=torch.long, device=W.device))
-            cX_new = self._c * X_new
-            self.col_sq = max(self.col_sq, float((X_new * X_new).sum(0).max()))
-            size, k = len(self._pos), len(new)
-            self._reserve(size + k, X_new)
+        """``c X_WᵀX_W`` (a fresh tensor)."""
+        slots = self._slot[W]
+        new = W[slots < 0]
+        k = new.numel()
+        if self._size + k > cap:
+            self._slot.fill_(-1)
+            self._size, new, k = 0, W, W.numel()
+        if k:
+            size = self._size
+            self._reserve(size + k)
             Xt, G = self._Xt, self._G
-            Xt[size:size + k] = X_new.T
-            G[size:size + k, size:size + k] = X_new.T @ cX_new
-            if size:
-                cross = Xt[:size] @ cX_new
-                G[:size, size:size + k] = cross
-                G[size:size + k, :size] = cross.T
-            self._pos.update((j, size + i) for i, j in enumerate(new))
-        pos = torch.tensor([self._pos[j] for j in keys], dtype=torch.long, device=W.device)
-        self._last = pos
-        return self._G.index_select(0, pos).index_select(1, pos)
+            Xt[size:size + k] = self._columns(new).T
+            block = Xt[:size + k] @ Xt[size:size + k].T  # [X_Cᵀ x_new; X_newᵀ X_new]
+            block.mul_(self._c)
+            G[:size + k, size:size + k] = block
+            G[size:size + k, :size] = block[:size].T
+            self.col_sq = max(self.col_sq, float(block[size:].diagonal().max()) / self._c)
+            self._slot[new] = torch.arange(size, size + k, device=W.device)
+            self._size = size + k
+            slots = self._slot[W]
+        self._last = slots
+        return self._G.index_select(0, slots).index_select(1, slots)
 
     def product(self, w_W: Tensor) -> Tensor:
         """``X_W w_W`` for the ``W`` of the last :meth:`gram` (no column gather)."""
-        size = len(self._pos)
-        w_C = torch.zeros(size, dtype=w_W.dtype, device=w_W.device)
+        w_C = w_W.new_zeros(self._size)
         w_C[self._last] = w_W
-        return w_C @ self._Xt[:size]
+        return w_C @ self._Xt[:self._size]
 
-    def _reserve(self, size: int, like: Tensor) -> None:
+    def _reserve(self, size: int) -> None:
         capacity = 0 if self._Xt is None else self._Xt.shape[0]
         if size <= capacity:
             return
-        capacity = max(size, 2 * capacity, 64)
-        Xt = like.new_empty(capacity, like.shape[0])
-        G = like.new_zeros(capacity, capacity)
-        if self._Xt is not None:
-            old = len(self._pos)
+        capacity = max(size, 2 * capacity, 128)
+        Xt = self._like.new_empty(capacity, self._n)
+        G = self._like.new_zeros(capacity, capacity)
+        if self._Xt is not None and self._size:
+            old = self._size
             Xt[:old] = self._Xt[:old]
             G[:old, :old] = self._G[:old, :old]
         self._Xt, self._G = Xt, G
