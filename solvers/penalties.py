@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,6 +23,18 @@ from solvers import prox
 from solvers.base import Theta
 
 Param = Callable[[Theta], Tensor | float]
+
+
+class SupportSolve(NamedTuple):
+    """The result of ``penalty.on_support(G, b, w, p)``: the new point ``w`` and, when the
+    system on ``S`` was solved (``None`` otherwise), what the solve formed, for reuse: the
+    positions ``support`` of ``S`` in ``G``, ``G_SS`` (``gram``) and the Cholesky factor of
+    ``G_SS + diag(λ₂)`` (``factor``)."""
+
+    w: Tensor
+    support: Tensor | None = None
+    gram: Tensor | None = None
+    factor: Tensor | None = None
 
 
 def _identity(theta: Theta) -> Tensor:
@@ -64,7 +77,7 @@ class L1:
         return 1.0
 
     def on_support(self, G: Tensor, b: Tensor, w: Tensor, p: dict[str, Tensor | float]
-                   ) -> Tensor:
+                   ) -> SupportSolve:
         """Solve ``G_SS w_S = b_S − λ_S sign(w_S)`` on the support of ``w`` (zeros off it;
         ``w`` unchanged if ``G_SS`` is singular)."""
         return _solve_on_support(G, b, w, torch.sign(w), p["l1"], 0.0)
@@ -98,7 +111,7 @@ class ElasticNet(L1):
         return 1.0 / (1.0 + step * p["l2"])
 
     def on_support(self, G: Tensor, b: Tensor, w: Tensor, p: dict[str, Tensor | float]
-                   ) -> Tensor:
+                   ) -> SupportSolve:
         return _solve_on_support(G, b, w, torch.sign(w), p["l1"], p["l2"])
 
 
@@ -123,30 +136,32 @@ class NonnegL1(L1):
         return torch.where(w < 0, torch.full_like(kkt, math.inf), kkt)  # infeasible
 
     def on_support(self, G: Tensor, b: Tensor, w: Tensor, p: dict[str, Tensor | float]
-                   ) -> Tensor:
+                   ) -> SupportSolve:
         return _solve_on_support(G, b, w, (w > 0).to(w.dtype), p["l1"], 0.0)
 
 
 def _solve_on_support(G: Tensor, b: Tensor, w: Tensor, sign: Tensor, l1: Tensor | float,
-                      l2: Tensor | float) -> Tensor:
+                      l2: Tensor | float) -> SupportSolve:
     """Stationarity on ``S = {sign ≠ 0}`` with the signs fixed:
     ``(G_SS + diag(λ₂)) w_S = b_S − λ₁ sign_S`` by Cholesky (``G`` is a Gram matrix, so the
     system is positive semidefinite); returns ``w`` with ``w_S`` replaced, or ``w`` itself when
     it is not numerically positive definite (e.g. duplicated features in the support)."""
     S = sign.nonzero()[:, 0]
     if S.numel() == 0:
-        return torch.zeros_like(w)
+        return SupportSolve(torch.zeros_like(w))
     G_SS = G.index_select(0, S).index_select(1, S)
+    system = G_SS
     if isinstance(l2, Tensor) or l2 != 0.0:
-        G_SS.diagonal().add_(_take(l2, S) if isinstance(l2, Tensor) else l2)
+        system = G_SS.clone()
+        system.diagonal().add_(_take(l2, S) if isinstance(l2, Tensor) else l2)
     l1_S = _take(l1, S) if isinstance(l1, Tensor) else l1
-    factor, info = torch.linalg.cholesky_ex(G_SS)
+    factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
-        return w
+        return SupportSolve(w)
     solution = torch.cholesky_solve((b[S] - l1_S * sign[S])[:, None], factor)[:, 0]
     if not bool(torch.isfinite(solution).all()):
-        return w
-    return torch.zeros_like(w).index_put_((S,), solution)
+        return SupportSolve(w)
+    return SupportSolve(torch.zeros_like(w).index_put_((S,), solution), S, G_SS, factor)
 
 
 PENALTIES = {"l1": L1, "elastic_net": ElasticNet, "nonneg_l1": NonnegL1}

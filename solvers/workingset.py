@@ -40,6 +40,7 @@ from torch import Tensor
 from solvers.base import SolveInfo, Structure, Theta, check_stopping, warn_not_converged
 from solvers.datafits import DATAFITS
 from solvers.fista import momentum
+from solvers.penalties import SupportSolve
 from solvers.prox_mapping import ProxGradientMapping, detach
 
 
@@ -87,6 +88,8 @@ class WorkingSet:
         self._gram: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)
         self._cache: _GramCache | None = None  # columns visited and their Gram matrix
         self._gram_last: tuple | None = None  # (index, G, _gram_on's result) of the last call
+        # (S, G_SS, b_S, Cholesky factor of G_SS + λ₂I) of the exact solve the last run ended on
+        self._exact: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class WorkingSet:
             raise ValueError(f"init has shape {tuple(w.shape)}, expected ({p},)")
         z = X @ w if init is not None else w.new_zeros(X.shape[0])
         residual, iterations, grad = math.inf, 0, None
+        self._exact = None
         self.n_working_sets = 0
         while self.n_working_sets < self.maxiter:
             grad = X.T @ self.datafit.derivative(z)
@@ -183,34 +187,50 @@ class WorkingSet:
         (``penalty.slope``: 1 for ℓ1 and nonnegative ℓ1, ``1/(1 + ηλ₂)`` for the elastic net),
         so ``B_SS = ∂H_S/∂w_S = (1 − s) I + sη G_SS``: symmetric positive definite when ``s`` is
         one number, factored by Cholesky; the engine then needs no product with ``B_SS`` to
-        solve, only the one VJP that gives the hypergradient and checks the residual.
+        solve, only the one VJP that gives the hypergradient and checks the residual. With
+        ``s = 1/(1 + ηλ₂)`` (λ₂ = 0 for ℓ1) this is ``B_SS = sη (G_SS + λ₂I)``, the matrix the
+        sub-solver's last exact solve on ``S`` already factored: that factor is reused.
         ``None`` (the engine then builds ``B_SS`` and checks its conditioning) for other
         datafits, a slope varying across features (``B_SS`` not symmetric), when the Gram
         matrix does not cover the support, or when the factor is close to singular."""
         gram = self._gram_on(index) if self.datafit.quadratic else None
         if gram is None or index.numel() == 0:
             return None
-        slope = self.penalty.slope(self.penalty.params(detach(theta), index), self.step)
+        params = _plain(self.penalty.params(detach(theta), index))
+        slope = self.penalty.slope(params, self.step)
         if isinstance(slope, Tensor):
             if slope.numel() > 1 and not bool((slope == slope.flatten()[0]).all()):
                 return None
             slope = float(slope.flatten()[0])
-        M = gram[0] * (slope * self.step)
-        M.diagonal().add_(1.0 - slope)
-        factor, info = torch.linalg.cholesky_ex(M)
+        scale = slope * self.step
+        exact, l2 = self._on_exact(index), params.get("l2", 0.0)
+        eps = torch.finfo(gram[0].dtype).eps
+        if exact is not None and isinstance(l2, float) and \
+                abs((1.0 - slope) - scale * l2) <= 8 * eps:
+            factor = exact[3]  # B_SS = sη (G_SS + λ₂I): the last solve factored the bracket
+        else:
+            M = gram[0] * scale
+            M.diagonal().add_(1.0 - slope)
+            factor, info = torch.linalg.cholesky_ex(M)
+            if int(info) != 0:
+                return None
+            scale = 1.0
         pivots = factor.diagonal()
-        eps = torch.finfo(M.dtype).eps
-        if int(info) != 0 or float(pivots.min() / pivots.max()) ** 2 < 100 * index.numel() * eps:
+        if float(pivots.min() / pivots.max()) ** 2 < 100 * index.numel() * eps:
             return None
-        return lambda r: torch.cholesky_solve(r.mT, factor).mT
+        return lambda r: torch.cholesky_solve(r.mT, factor).mT / scale
 
     # -- internals ---------------------------------------------------------------------------
 
     def _gram_on(self, index: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(G_SS, b_S)``: the last formed Gram matrix ``G`` and linear term ``b`` (of the
-        working set ``W``, ``self._gram``) restricted to the features ``index``, or
+        working set ``W``, ``self._gram``) restricted to the features ``index`` (as the exact
+        solve the last run ended on formed them when ``index`` is its support), or
         ``None`` if one of them is not in ``W``. Shared by the reduced mapping and its
         preconditioner (the last result is kept): callers must not modify it."""
+        exact = self._on_exact(index)
+        if exact is not None:
+            return exact[1], exact[2]
         W, G, b = self._gram
         if W is None:
             return None
@@ -223,6 +243,13 @@ class WorkingSet:
             out = G.index_select(0, pos).index_select(1, pos), b[pos]
         self._gram_last = (index, G, out)
         return out
+
+    def _on_exact(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The exact solve the last run ended on (``_exact``) if its support is ``index``."""
+        exact = self._exact
+        if exact is None or exact[0].numel() != index.numel() or not torch.equal(exact[0], index):
+            return None
+        return exact
 
     def _smooth(self, w: Tensor, theta: Theta) -> Tensor:
         return self.datafit.value(self.X @ w)
@@ -278,8 +305,11 @@ class WorkingSet:
             G = self._cache.gram(W, 4 * self.gram_max)
             self._col_sq = max(self._col_sq, self._cache.col_sq)
             linear = G @ w - grad
-            target, k = _solve_model(G, linear, w, penalty, params, self.tol, self.sub_maxiter)
+            target, k, exact = _solve_model(G, linear, w, penalty, params, self.tol,
+                                            self.sub_maxiter)
             self._gram = (W, G, linear)
+            if exact is not None:
+                self._exact = (W[exact.support], exact.gram, linear[exact.support], exact.factor)
             return target, k, self._cache.product(target)
         X_W = self._columns(W)
         self._col_sq = max(self._col_sq, float((X_W * X_W).sum(0).max()))
@@ -294,8 +324,8 @@ class WorkingSet:
                 break
             hessian = X_W.T @ (datafit.curvature(z)[:, None] * X_W)
             linear = hessian @ w - grad
-            target, k = _solve_model(hessian, linear, w, penalty, params, self.tol,
-                                     self.sub_maxiter)
+            target, k, _ = _solve_model(hessian, linear, w, penalty, params, self.tol,
+                                        self.sub_maxiter)
             iterations += k
             w, z = self._line_search(X_W, w, z, target - w, grad, params)
         return w, iterations, z
@@ -399,9 +429,10 @@ _ROUNDS = 8  # active-set rounds of the quadratic sub-solver before FISTA
 
 
 def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: float,
-                 maxiter: int) -> tuple[Tensor, int]:
-    """``argmin_v ½vᵀGv − bᵀv + g(v)`` from ``w``. Returns the solution and the iterations
-    used (active-set rounds plus FISTA iterations).
+                 maxiter: int) -> tuple[Tensor, int, SupportSolve | None]:
+    """``argmin_v ½vᵀGv − bᵀv + g(v)`` from ``w``. Returns the solution, the iterations
+    used (active-set rounds plus FISTA iterations) and, when the solution is an exact solve
+    on its support, that solve (``penalty.on_support``'s factor, for reuse).
 
     1. Primal-dual active-set rounds (a semismooth Newton method on the prox-gradient fixed
        point): a prox-gradient step from the current point (step ``1/max_j G_jj``) gives a
@@ -418,7 +449,7 @@ def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: fl
 
     k_size = G.shape[0]
     if k_size == 0:
-        return w, 0
+        return w, 0, None
     eta = 1.0 / max(float(G.diagonal().max()), 1e-300)
     x, seen = w, []
     for rounds in range(1, _ROUNDS + 1):
@@ -427,9 +458,10 @@ def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: fl
         if any(torch.equal(pattern, q) for q in seen):
             break  # cycling: leave it to FISTA
         seen.append(pattern)
-        x = penalty.on_support(G, b, x_prox, params)
+        exact = penalty.on_support(G, b, x_prox, params)
+        x = exact.w
         if solved(x):
-            return x, rounds
+            return x, rounds, exact if exact.factor is not None else None
     x = w  # the warm start: the rounds may have wandered (e.g. a near-singular G_SS)
     if k_size <= _EIGH_MAX:  # exact λmax: cheaper than power iterations at this size
         lipschitz = float(torch.linalg.eigvalsh(G)[-1])
@@ -445,13 +477,15 @@ def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: fl
             tried is None or not torch.equal(sign, tried))
         if settled or k % 10 == 0:
             tried = sign
-            for candidate in (penalty.on_support(G, b, x_new, params), x_new):
-                if solved(candidate):
-                    return candidate, rounds + k + 1
+            exact = penalty.on_support(G, b, x_new, params)
+            if exact.factor is not None and solved(exact.w):
+                return exact.w, rounds + k + 1, exact
+            if solved(x_new):
+                return x_new, rounds + k + 1, None
         previous = sign
         y, t = momentum(x, x_new, y, t)
         x = x_new
-    return x, rounds + maxiter
+    return x, rounds + maxiter, None
 
 
 def _solve_matrix_free(X_W: Tensor, w: Tensor, datafit, penalty, params: dict, tol: float,

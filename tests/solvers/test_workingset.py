@@ -196,7 +196,8 @@ def test_matrix_free_path_for_large_working_sets_matches_sklearn():
 ])
 def test_reduced_adjoint_is_one_vjp_with_the_exact_inverse(model, theta0):
     """For least squares the solver hands the engine ``B_SS⁻¹`` (Cholesky of ``(1 − s)I +
-    sηG_SS``, ``s`` the prox slope): the hypergradient costs one VJP and equals LU's. A slope
+    sηG_SS = sη(G_SS + λ₂I)``, ``s`` the prox slope: the factor of the sub-solver's last exact
+    solve): the hypergradient costs one VJP and equals LU's. A slope
     varying across features (per-feature ``λ₂``) makes ``B_SS`` non-symmetric: no hint then,
     and the same derivative from the engine's own solve."""
     X, y, Xv, yv = diabetes()
@@ -211,8 +212,12 @@ def test_reduced_adjoint_is_one_vjp_with_the_exact_inverse(model, theta0):
     for linear_solver in ("auto", "lu"):
         theta = torch.tensor(theta0, dtype=F64, requires_grad=True)
         adjoint = bilevel.ImplicitAdjoint(linear_solver=linear_solver)
-        val_loss(Xv, yv)(bilevel.implicit_solve(solver, theta, adjoint=adjoint)).backward()
+        w = bilevel.implicit_solve(solver, theta, adjoint=adjoint)
+        val_loss(Xv, yv)(w).backward()
         grads[linear_solver], reports[linear_solver] = theta.grad, adjoint.report
+        if linear_solver == "auto" and model != "elastic_net_per_feature":
+            # the hint is the factor of the sub-solver's last exact solve, on w's support
+            assert solver._on_exact(w.detach().nonzero().flatten()) is not None
     auto = reports["auto"]
     assert 0 < auto.restricted_size < p and auto.full_size == p
     if model == "elastic_net_per_feature":
