@@ -6,7 +6,8 @@ Measures, on a Lasso with n train / n validation rows and p features (sklearn
 
 - ours: ``bilevel.implicit_solve`` with a fresh ``solvers.models.lasso`` (the working-set solver,
   cold start from 0; its construction is timed too) then ``.backward()`` of the validation loss;
-  solve and hypergradient timed separately;
+  solve and hypergradient timed separately, the hypergradient in two parts: the outer loss's
+  own value and gradient ``∂F/∂w``, then the implicit part ``w.backward(∂F/∂w)``;
 - rel_err: |dF/dθ − ref| / |ref| against the closed form on the support S of w,
   ref = λ · ∇F(w)_Sᵀ (−(X_SᵀX_S/n)⁻¹ sign(w_S));
 - sklearn and celer (when installed): solve time of the same Lasso (tol 1e-8), and
@@ -47,10 +48,10 @@ F64 = torch.float64
 
 def ours(X, y, Xv, yv, lam, tol, repeat):
     """Median (solve, hypergradient, outer-only) times over ``repeat`` cold runs. The
-    hypergradient time is the validation loss's forward + ``.backward()`` through
-    ``implicit_solve``; the outer-only time is the same forward + backward w.r.t. a detached
-    ``w`` (``F(w)`` and ``∂F/∂w = X_vᵀr/n``, which any hypergradient method pays); their
-    difference is the implicit part."""
+    hypergradient is timed in its two parts, one after the other: the outer loss's own value
+    and gradient ``F(w)``, ``∂F/∂w = X_vᵀr/n`` (outer-only: what any hypergradient method
+    pays), then the implicit part, ``w.backward(∂F/∂w)`` through ``implicit_solve``, which gives
+    ``dF/dθ`` (the same chain rule ``F.backward()`` applies, with no work done twice)."""
     solve, hyper, outer = [], [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -58,14 +59,14 @@ def ours(X, y, Xv, yv, lam, tol, repeat):
         theta = torch.tensor(math.log(lam), dtype=F64, requires_grad=True)
         w = bilevel.implicit_solve(solver, theta)
         t1 = time.perf_counter()
-        (0.5 * ((Xv @ w - yv) ** 2).mean()).backward()
-        t2 = time.perf_counter()
         w_leaf = w.detach().requires_grad_(True)
+        (grad_w,) = torch.autograd.grad(0.5 * ((Xv @ w_leaf - yv) ** 2).mean(), w_leaf)
+        t2 = time.perf_counter()
+        w.backward(grad_w)
         t3 = time.perf_counter()
-        (0.5 * ((Xv @ w_leaf - yv) ** 2).mean()).backward()
-        outer.append(time.perf_counter() - t3)
         solve.append(t1 - t0)
-        hyper.append(t2 - t1)
+        outer.append(t2 - t1)
+        hyper.append(t3 - t1)
     med = statistics.median
     return (med(solve), med(hyper), med(outer)), w.detach(), float(theta.grad), \
         solver.info.iterations
@@ -231,10 +232,12 @@ def main() -> None:
     if celer_s is not None:
         met = ours_s <= 1.5 * celer_s
         notes.append(f"{label}: solve + hypergradient ≤ 1.5× celer's solve "
-                     f"(issue 3): {'met' if met else 'not met'} ({ours_s / celer_s:.2f}×); "
-                     f"hypergradient / solve ≤ 0.1: "
-                     f"{'met' if hyper_s / solve_s <= 0.1 else 'not met'} "
-                     f"({hyper_s / solve_s:.3f}).")
+                     f"(issue 3): {'met' if met else 'not met'} ({ours_s / celer_s:.2f}×).")
+    implicit = (hyper_s - outer_s) / solve_s
+    notes.append(f"{label}: hypergradient overhead ≤ 0.1 (issue 3), counted as the implicit part "
+                 f"(dF/dθ from ∂F/∂w; the outer loss's own X_v w and X_vᵀr, which every method "
+                 f"pays, apart): {'met' if implicit <= 0.1 else 'not met'} ({implicit:.3f}; "
+                 f"{hyper_s / solve_s:.3f} with the outer loss's own products).")
     write_results(args.json, "lasso_hypergrad", [table], notes=notes, data=record)
 
 
