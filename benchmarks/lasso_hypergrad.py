@@ -20,8 +20,12 @@ Measures, on a Lasso with n train / n validation rows and p features (sklearn
   (value_and_grad − solve), shown as "≈ 0" when timing noise makes it negative. It is slow at
   the reference size, hence its own repeat count.
 
-Times are medians over ``--repeat`` runs (``--jaxopt-repeat`` for JAXopt); torch runs on 2
-threads (sklearn/celer/XLA use their own threading). The last line printed is one JSON record;
+Times are medians over ``--repeat`` rounds after a warm-up round; one round runs ours, sklearn
+and celer one after the other, each after 0.1 s idle (interleaved, so that a drift of the
+machine's speed weighs on all alike; the idle time, because a library's worker threads keep
+spinning for a while after its call and slowed the next one by up to 2× here;
+``--jaxopt-repeat`` calls for JAXopt, apart); torch runs on 2 threads (sklearn/celer/XLA use
+their own threading). The last line printed is one JSON record;
 ``--json PATH`` writes the report's record (``common.write_results``).
 
 Run:  .venv/bin/python benchmarks/lasso_hypergrad.py [--n 1000 --p 5000 --lam-ratio 30 ...]
@@ -44,32 +48,42 @@ import bilevel
 from solvers import models
 
 F64 = torch.float64
+PAUSE = 0.1  # s of idle before every timed run: no library inherits another's spinning threads
 
 
-def ours(X, y, Xv, yv, lam, tol, repeat):
-    """Median (solve, hypergradient, outer-only) times over ``repeat`` cold runs. The
-    hypergradient is timed in its two parts, one after the other: the outer loss's own value
-    and gradient ``F(w)``, ``∂F/∂w = X_vᵀr/n`` (outer-only: what any hypergradient method
-    pays), then the implicit part, ``w.backward(∂F/∂w)`` through ``implicit_solve``, which gives
-    ``dF/dθ`` (the same chain rule ``F.backward()`` applies, with no work done twice)."""
-    solve, hyper, outer = [], [], []
+def ours(X, y, Xv, yv, lam, tol):
+    """One cold run: (solve, hypergradient, outer-only) times, ``w``, ``dF/dθ`` and the inner
+    iterations. The hypergradient is timed in its two parts, one after the other: the outer
+    loss's own value and gradient ``F(w)``, ``∂F/∂w = X_vᵀr/n`` (outer-only: what any
+    hypergradient method pays), then the implicit part, ``w.backward(∂F/∂w)`` through
+    ``implicit_solve``, which gives ``dF/dθ`` (the chain rule ``F.backward()`` applies, with no
+    work done twice)."""
+    t0 = time.perf_counter()
+    solver = models.lasso(X, y, tol=tol)  # the framework's default solver for the Lasso
+    theta = torch.tensor(math.log(lam), dtype=F64, requires_grad=True)
+    w = bilevel.implicit_solve(solver, theta)
+    t1 = time.perf_counter()
+    w_leaf = w.detach().requires_grad_(True)
+    (grad_w,) = torch.autograd.grad(0.5 * ((Xv @ w_leaf - yv) ** 2).mean(), w_leaf)
+    t2 = time.perf_counter()
+    w.backward(grad_w)
+    t3 = time.perf_counter()
+    return (t1 - t0, t3 - t1, t2 - t1), w.detach(), float(theta.grad), solver.info.iterations
+
+
+def interleaved(runs: dict, repeat: int) -> tuple[dict, dict]:
+    """``repeat`` rounds of every run in ``runs`` (name ↦ callable) one after the other, so that
+    a drift of the machine's speed weighs on all of them alike; the per-name lists of results
+    and the last result of each."""
+    results = {name: [] for name in runs}
+    last = {}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        solver = models.lasso(X, y, tol=tol)  # the framework's default solver for the Lasso
-        theta = torch.tensor(math.log(lam), dtype=F64, requires_grad=True)
-        w = bilevel.implicit_solve(solver, theta)
-        t1 = time.perf_counter()
-        w_leaf = w.detach().requires_grad_(True)
-        (grad_w,) = torch.autograd.grad(0.5 * ((Xv @ w_leaf - yv) ** 2).mean(), w_leaf)
-        t2 = time.perf_counter()
-        w.backward(grad_w)
-        t3 = time.perf_counter()
-        solve.append(t1 - t0)
-        outer.append(t2 - t1)
-        hyper.append(t3 - t1)
-    med = statistics.median
-    return (med(solve), med(hyper), med(outer)), w.detach(), float(theta.grad), \
-        solver.info.iterations
+        for name, run in runs.items():
+            time.sleep(PAUSE)
+            t0 = time.perf_counter()
+            last[name] = run()
+            results[name].append(time.perf_counter() - t0)
+    return results, last
 
 
 def closed_form(X, Xv, yv, w, lam):
@@ -147,33 +161,48 @@ def main() -> None:
     X, y, Xv, yv = (torch.from_numpy(np.ascontiguousarray(a)) for a in (Xn, yn, Xvn, yvn))
     lam = float((X.T @ y).abs().max()) / args.n / args.lam_ratio
 
-    (solve_s, hyper_s, outer_s), w, grad, iters = ours(X, y, Xv, yv, lam, args.tol, args.repeat)
+    # sklearn's tol is on the duality gap, scaled by ‖y‖²/n: 1e-8 gives a gap comparable to ours.
+    parts = []  # (solve, hypergradient, outer-only) of every timed run of ours
+
+    def run_ours():
+        out = ours(X, y, Xv, yv, lam, args.tol)
+        parts.append(out[0])
+        return out
+
+    runs = {"ours": run_ours,
+            "sklearn": lambda: Lasso(alpha=lam, fit_intercept=False, tol=1e-8,
+                                     max_iter=100_000).fit(Xn, yn)}
+    try:
+        import celer
+    except ImportError:
+        celer = None
+    else:
+        runs["celer"] = lambda: celer.Lasso(alpha=lam, fit_intercept=False, tol=1e-8).fit(Xn, yn)
+    interleaved(runs, 1)  # a warm-up round: first-call costs of every library
+    parts.clear()
+    times, last = interleaved(runs, args.repeat)
+    med = statistics.median
+    solve_s, hyper_s, outer_s = (med(p[i] for p in parts) for i in range(3))
+    _, w, grad, iters = last["ours"]
     ours_s = solve_s + hyper_s
     ref, support = closed_form(X, Xv, yv, w, lam)
     rel_err = abs(grad - ref) / abs(ref)
     print(f"Lasso n={args.n} p={args.p} seed={args.seed} lambda=lmax/{args.lam_ratio:g}="
-          f"{lam:.4g}  median of {args.repeat}, torch threads={THREADS}")
+          f"{lam:.4g}  median of {args.repeat} interleaved rounds, torch threads={THREADS}")
     print(f"ours    solve {solve_s:.3f} s + hypergrad {hyper_s:.3f} s = "
           f"{ours_s:.3f} s   rel_err {rel_err:.1e}   support {support}   iters {iters}")
     print(f"        hypergrad/solve {hyper_s / solve_s:.3f}; of the hypergradient, the outer "
           f"loss's own value and gradient take {outer_s:.4f} s and the implicit part "
           f"{hyper_s - outer_s:.4f} s (implicit/solve {(hyper_s - outer_s) / solve_s:.3f})")
-
-    # sklearn's tol is on the duality gap, scaled by ‖y‖²/n: 1e-8 gives a gap comparable to ours.
-    sk_s, sk = median_time(lambda: Lasso(alpha=lam, fit_intercept=False, tol=1e-8,
-                                         max_iter=100_000).fit(Xn, yn), args.repeat)
-    sk_dw = float(np.abs(sk.coef_ - w.numpy()).max())
+    sk_s = med(times["sklearn"])
+    sk_dw = float(np.abs(last["sklearn"].coef_ - w.numpy()).max())
     print(f"sklearn solve {sk_s:.3f} s   max|w_sk - w| {sk_dw:.1e}")
-
     celer_s = celer_dw = None
-    try:
-        import celer
-    except ImportError:
+    if celer is None:
         print("celer   not installed")
     else:
-        celer_s, ce = median_time(lambda: celer.Lasso(alpha=lam, fit_intercept=False, tol=1e-8)
-                                  .fit(Xn, yn), args.repeat)
-        celer_dw = float(np.abs(ce.coef_ - w.numpy()).max())
+        celer_s = med(times["celer"])
+        celer_dw = float(np.abs(last["celer"].coef_ - w.numpy()).max())
         print(f"celer   solve {celer_s:.3f} s   max|w_celer - w| {celer_dw:.1e}")
 
     jx = None
