@@ -87,7 +87,6 @@ class WorkingSet:
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._gram: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)
         self._cache: _GramCache | None = None  # columns visited and their Gram matrix
-        self._gram_last: tuple | None = None  # (index, G, _gram_on's result) of the last call
         # (S, G_SS, b_S, Cholesky factor of G_SS + λ₂I) of the exact solve the last run ended on
         self._exact: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
@@ -207,7 +206,7 @@ class WorkingSet:
         eps = torch.finfo(gram[0].dtype).eps
         if exact is not None and isinstance(l2, float) and \
                 abs((1.0 - slope) - scale * l2) <= 8 * eps:
-            factor = exact[3]  # B_SS = sη (G_SS + λ₂I): the last solve factored the bracket
+            _, _, _, factor = exact  # B_SS = sη (G_SS + λ₂I), factored by the last solve
         else:
             M = gram[0] * scale
             M.diagonal().add_(1.0 - slope)
@@ -226,30 +225,26 @@ class WorkingSet:
         """``(G_SS, b_S)``: the last formed Gram matrix ``G`` and linear term ``b`` (of the
         working set ``W``, ``self._gram``) restricted to the features ``index`` (as the exact
         solve the last run ended on formed them when ``index`` is its support), or
-        ``None`` if one of them is not in ``W``. Shared by the reduced mapping and its
-        preconditioner (the last result is kept): callers must not modify it."""
+        ``None`` if one of them is not in ``W``. Callers must not modify them."""
         exact = self._on_exact(index)
         if exact is not None:
-            return exact[1], exact[2]
+            _, G_SS, b_S, _ = exact
+            return G_SS, b_S
         W, G, b = self._gram
         if W is None:
             return None
-        last = self._gram_last
-        if last is not None and last[0] is index and last[1] is G:
-            return last[2]
         pos = torch.searchsorted(W, index).clamp_(max=W.numel() - 1)  # W is sorted
-        out = None
-        if bool((W[pos] == index).all()):
-            out = G.index_select(0, pos).index_select(1, pos), b[pos]
-        self._gram_last = (index, G, out)
-        return out
+        if not bool((W[pos] == index).all()):
+            return None
+        return G.index_select(0, pos).index_select(1, pos), b[pos]
 
     def _on_exact(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         """The exact solve the last run ended on (``_exact``) if its support is ``index``."""
         exact = self._exact
-        if exact is None or exact[0].numel() != index.numel() or not torch.equal(exact[0], index):
+        if exact is None:
             return None
-        return exact
+        support = exact[0]
+        return exact if support.numel() == index.numel() and torch.equal(support, index) else None
 
     def _smooth(self, w: Tensor, theta: Theta) -> Tensor:
         return self.datafit.value(self.X @ w)
