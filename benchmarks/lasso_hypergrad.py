@@ -72,18 +72,18 @@ def ours(X, y, Xv, yv, lam, tol):
 
 
 def interleaved(runs: dict, repeat: int) -> tuple[dict, dict]:
-    """``repeat`` rounds of every run in ``runs`` (name ↦ callable) one after the other, so that
-    a drift of the machine's speed weighs on all of them alike; the per-name lists of results
-    and the last result of each."""
-    results = {name: [] for name in runs}
-    last = {}
+    """``repeat`` rounds of every run in ``runs`` (name ↦ callable) one after the other, each
+    after ``PAUSE`` s idle, so that a drift of the machine's speed weighs on all of them alike;
+    per name, the list of wall times and the list of results."""
+    times = {name: [] for name in runs}
+    outputs = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
             time.sleep(PAUSE)
             t0 = time.perf_counter()
-            last[name] = run()
-            results[name].append(time.perf_counter() - t0)
-    return results, last
+            outputs[name].append(run())
+            times[name].append(time.perf_counter() - t0)
+    return times, outputs
 
 
 def closed_form(X, Xv, yv, w, lam):
@@ -161,15 +161,9 @@ def main() -> None:
     X, y, Xv, yv = (torch.from_numpy(np.ascontiguousarray(a)) for a in (Xn, yn, Xvn, yvn))
     lam = float((X.T @ y).abs().max()) / args.n / args.lam_ratio
 
-    # sklearn's tol is on the duality gap, scaled by ‖y‖²/n: 1e-8 gives a gap comparable to ours.
-    parts = []  # (solve, hypergradient, outer-only) of every timed run of ours
-
-    def run_ours():
-        out = ours(X, y, Xv, yv, lam, args.tol)
-        parts.append(out[0])
-        return out
-
-    runs = {"ours": run_ours,
+    runs = {"ours": lambda: ours(X, y, Xv, yv, lam, args.tol),
+            # sklearn's tol is on the duality gap, scaled by ‖y‖²/n: 1e-8 gives a gap comparable
+            # to ours
             "sklearn": lambda: Lasso(alpha=lam, fit_intercept=False, tol=1e-8,
                                      max_iter=100_000).fit(Xn, yn)}
     try:
@@ -179,10 +173,10 @@ def main() -> None:
     else:
         runs["celer"] = lambda: celer.Lasso(alpha=lam, fit_intercept=False, tol=1e-8).fit(Xn, yn)
     interleaved(runs, 1)  # a warm-up round: first-call costs of every library
-    parts.clear()
-    times, last = interleaved(runs, args.repeat)
+    times, outputs = interleaved(runs, args.repeat)
+    last = {name: out[-1] for name, out in outputs.items()}
     med = statistics.median
-    solve_s, hyper_s, outer_s = (med(p[i] for p in parts) for i in range(3))
+    solve_s, hyper_s, outer_s = (med(o[0][i] for o in outputs["ours"]) for i in range(3))
     _, w, grad, iters = last["ours"]
     ours_s = solve_s + hyper_s
     ref, support = closed_form(X, Xv, yv, w, lam)
