@@ -72,6 +72,11 @@ class L1:
         return torch.where(w != 0, (grad + lam * torch.sign(w)).abs(),
                            torch.relu(grad.abs() - lam))
 
+    def separable(self, p: dict[str, Tensor | float]) -> tuple:
+        """``(λ₁, λ₂, nonneg)`` with ``g(w) = Σ_j λ₁ⱼ|w_j| + (λ₂ⱼ/2)w_j² [+ ι(w ≥ 0)]``: the
+        form the compiled coordinate descent takes (``solvers.coordinate_descent``)."""
+        return p["l1"], 0.0, False
+
     def slope(self, p: dict[str, Tensor | float], step: float) -> Tensor | float:
         """``∂prox/∂v`` on the support (nonzero output): ``1`` (a shift by ``±stepλ``)."""
         return 1.0
@@ -106,6 +111,9 @@ class ElasticNet(L1):
     def violation(self, w: Tensor, grad: Tensor, p: dict[str, Tensor | float]) -> Tensor:
         return super().violation(w, grad + p["l2"] * w, p)
 
+    def separable(self, p: dict[str, Tensor | float]) -> tuple:
+        return p["l1"], p["l2"], False
+
     def slope(self, p: dict[str, Tensor | float], step: float) -> Tensor | float:
         """``∂prox/∂v`` on the support: ``1/(1 + stepλ₂)`` (per feature when ``λ₂`` is)."""
         return 1.0 / (1.0 + step * p["l2"])
@@ -129,6 +137,9 @@ class NonnegL1(L1):
         if bool((w < 0).any()):
             return torch.tensor(float("inf"), dtype=w.dtype, device=w.device)
         return (p["l1"] * w).sum()
+
+    def separable(self, p: dict[str, Tensor | float]) -> tuple:
+        return p["l1"], 0.0, True
 
     def violation(self, w: Tensor, grad: Tensor, p: dict[str, Tensor | float]) -> Tensor:
         lam = p["l1"]

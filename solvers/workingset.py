@@ -9,10 +9,12 @@ Algorithm (in the spirit of celer / skglm, written for torch):
    ``−∇f`` to ``∂g``); stop when its maximum is ``≤ tol``;
 2. working set ``W`` = the support ∪ the most violating features (size ``max(ws_start, 2|S|)``);
 3. solve the problem restricted to ``W`` — for least squares, on the small Gram matrix
-   ``X_WᵀX_W/n`` (kept across working sets and grown by the new columns only): a few
-   primal-dual active-set rounds (a prox-gradient step guesses the support and signs, the exact
-   solve on that support follows), with FISTA as the fallback; for other datafits, proximal
-   Newton steps with the same quadratic sub-solver and a backtracking line search;
+   ``X_WᵀX_W/n`` (kept across working sets and grown by the new columns only); for other
+   datafits, by proximal Newton steps on the same kind of quadratic model and a backtracking
+   line search. The quadratic models are solved, on the CPU, by compiled coordinate descent
+   finished by the exact solve on the support it finds (``solvers.coordinate_descent``); on a
+   GPU, by primal-dual active-set rounds (a prox-gradient step guesses the support and signs,
+   the exact solve on that support follows) with FISTA as the fallback;
 4. repeat. Warm starts (``init``) across calls with a different θ are the normal use.
 
 Optimality mapping (the prox-gradient residual, ``solvers.prox_mapping``):
@@ -58,6 +60,9 @@ class WorkingSet:
         sub_maxiter: cap on the iterations of the quadratic sub-solver.
         gram_max: largest working set whose Hessian (Gram matrix) is formed; larger working
             sets are solved by FISTA with products by ``X_W``.
+        sub_solver: solver of the quadratic models: ``"auto"``, compiled coordinate descent
+            on the CPU (``solvers.coordinate_descent``) and torch active-set rounds then FISTA
+            on other devices; ``"torch"``, the torch one everywhere.
 
     Attributes:
         info: :class:`~solvers.base.SolveInfo` of the last run (iterations: the sub-solver's
@@ -70,8 +75,10 @@ class WorkingSet:
 
     def __init__(self, X: Tensor, y: Tensor, penalty, *, datafit="quadratic", tol: float = 1e-10,
                  maxiter: int = 100, ws_start: int = 10, sub_maxiter: int = 20_000,
-                 gram_max: int = 512):
+                 gram_max: int = 512, sub_solver: str = "auto"):
         _check_data(X, y)
+        if sub_solver not in ("auto", "torch"):
+            raise ValueError(f"sub_solver must be 'auto' or 'torch', got {sub_solver!r}")
         check_stopping(tol)
         self.X = X
         self.datafit = DATAFITS[datafit](y) if isinstance(datafit, str) else datafit
@@ -81,6 +88,7 @@ class WorkingSet:
         self.ws_start = ws_start
         self.sub_maxiter = sub_maxiter
         self.gram_max = gram_max
+        self.sub_solver = sub_solver
         self._col_sq = 0.0  # max_j ‖x_j‖² over the working sets visited so far
         self.mapping = ProxGradientMapping(self._smooth, self._prox, self._gradient)
         self.info: SolveInfo | None = None
@@ -230,13 +238,13 @@ class WorkingSet:
         if exact is not None:
             _, G_SS, b_S, _ = exact
             return G_SS, b_S
-        W, G, b = self._gram
+        W, slots, b = self._gram
         if W is None:
             return None
         pos = torch.searchsorted(W, index).clamp_(max=W.numel() - 1)  # W is sorted
         if not bool((W[pos] == index).all()):
             return None
-        return G.index_select(0, pos).index_select(1, pos), b[pos]
+        return self._cache.matrix(slots[pos]), b[pos]
 
     def _on_exact(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         """The exact solve the last run ended on (``_exact``) if its support is ``index``."""
@@ -297,12 +305,12 @@ class WorkingSet:
             # F(X_W v) = ½vᵀGv − bᵀv + const with G = X_Wᵀ diag(F'') X_W, b = Gw − ∇_W f(w)
             if self._cache is None:
                 self._cache = _GramCache(self.X, self._columns, datafit.curvature_bound())
-            G = self._cache.gram(W, 4 * self.gram_max)
-            self._col_sq = max(self._col_sq, self._cache.col_sq)
-            linear = G @ w - grad
-            target, k, exact = _solve_model(G, linear, w, penalty, params, self.tol,
-                                            self.sub_maxiter)
-            self._gram = (W, G, linear)
+            cache = self._cache
+            slots = cache.grow(W, 4 * self.gram_max)
+            self._col_sq = max(self._col_sq, cache.col_sq)
+            linear = cache.matvec(slots, w) - grad
+            target, k, exact = self._solve_model(cache.buffer, slots, linear, w, params)
+            self._gram = (W, slots, linear)
             if exact is not None:
                 self._exact = (W[exact.support], exact.gram, linear[exact.support], exact.factor)
             return target, k, self._cache.product(target)
@@ -319,11 +327,31 @@ class WorkingSet:
                 break
             hessian = X_W.T @ (datafit.curvature(z)[:, None] * X_W)
             linear = hessian @ w - grad
-            target, k, _ = _solve_model(hessian, linear, w, penalty, params, self.tol,
-                                        self.sub_maxiter)
+            everything = torch.arange(w.numel(), device=w.device)
+            target, k, _ = self._solve_model(hessian, everything, linear, w, params, hessian)
             iterations += k
             w, z = self._line_search(X_W, w, z, target - w, grad, params)
         return w, iterations, z
+
+    def _solve_model(self, buffer: Tensor, slots: Tensor, b: Tensor, w: Tensor, params: dict,
+                     G: Tensor | None = None) -> tuple[Tensor, int, SupportSolve | None]:
+        """``argmin_v ½vᵀGv − bᵀv + g(v)`` from ``w``, with ``G = buffer[slots][:, slots]``
+        (given as ``G`` when the caller has it, else gathered from the Gram cache if the torch
+        sub-solver needs it): by the compiled coordinate descent
+        (``solvers.coordinate_descent``) on the CPU, by :func:`_active_set_then_fista` (torch)
+        otherwise or when ``sub_solver="torch"``. Returns the solution, the sub-solver's
+        iterations and the exact solve on the support that ended it, if one did."""
+        penalty = self.penalty
+        if self.sub_solver != "torch" and hasattr(penalty, "separable") and \
+                buffer.device.type == "cpu":
+            from solvers import coordinate_descent  # imports numba: only when used
+
+            if coordinate_descent.available(buffer, b, w):
+                return coordinate_descent.solve_quadratic(
+                    buffer, slots, b, w, penalty.separable(params), self.tol, self.sub_maxiter)
+        if G is None:
+            G = self._cache.matrix(slots)
+        return _active_set_then_fista(G, b, w, penalty, params, self.tol, self.sub_maxiter)
 
     def _line_search(self, X_W: Tensor, w: Tensor, z: Tensor, d: Tensor, grad: Tensor,
                      params: dict) -> tuple[Tensor, Tensor]:
@@ -368,8 +396,10 @@ class _GramCache:
         self._last: Tensor | None = None  # the slots of the last working set
         self.col_sq = 0.0  # max ‖x_j‖² over C
 
-    def gram(self, W: Tensor, cap: int) -> Tensor:
-        """``c X_WᵀX_W`` (a fresh tensor)."""
+    def grow(self, W: Tensor, cap: int) -> Tensor:
+        """Add the columns of ``W`` not in ``C`` (resetting ``C`` to ``W`` first when ``|C|``
+        would pass ``cap``); returns the slots of ``W``: ``buffer[slots][:, slots]`` is
+        ``c X_WᵀX_W``."""
         slots = self._slot[W]
         new = W[slots < 0]
         k = new.numel()
@@ -390,10 +420,25 @@ class _GramCache:
             self._size = size + k
             slots = self._slot[W]
         self._last = slots
+        return slots
+
+    @property
+    def buffer(self) -> Tensor:
+        """The Gram matrix of ``C`` in its buffer (indexed by slots)."""
+        return self._G
+
+    def matrix(self, slots: Tensor) -> Tensor:
+        """``buffer[slots][:, slots]`` (a fresh tensor)."""
         return self._G.index_select(0, slots).index_select(1, slots)
 
+    def matvec(self, slots: Tensor, v: Tensor) -> Tensor:
+        """``buffer[slots][:, slots] @ v``, gathering only the rows of ``v``'s nonzeros."""
+        nonzero = v.nonzero()[:, 0]
+        rows = self._G.index_select(0, slots[nonzero])[:, :self._size]
+        return (v[nonzero] @ rows)[slots]
+
     def product(self, w_W: Tensor) -> Tensor:
-        """``X_W w_W`` for the ``W`` of the last :meth:`gram` (no column gather)."""
+        """``X_W w_W`` for the ``W`` of the last :meth:`grow` (no column gather)."""
         w_C = w_W.new_zeros(self._size)
         w_C[self._last] = w_W
         return w_C @ self._Xt[:self._size]
@@ -404,7 +449,7 @@ class _GramCache:
             return
         capacity = max(size, 2 * capacity, 128)
         Xt = self._like.new_empty(capacity, self._n)
-        G = self._like.new_zeros(capacity, capacity)
+        G = self._like.new_empty(capacity, capacity)  # only the block of C is ever read
         if self._Xt is not None and self._size:
             old = self._size
             Xt[:old] = self._Xt[:old]
@@ -423,8 +468,8 @@ _EIGH_MAX = 96  # largest Gram matrix whose λmax is taken by eigvalsh
 _ROUNDS = 8  # active-set rounds of the quadratic sub-solver before FISTA
 
 
-def _solve_model(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: float,
-                 maxiter: int) -> tuple[Tensor, int, SupportSolve | None]:
+def _active_set_then_fista(G: Tensor, b: Tensor, w: Tensor, penalty, params: dict, tol: float,
+                           maxiter: int) -> tuple[Tensor, int, SupportSolve | None]:
     """``argmin_v ½vᵀGv − bᵀv + g(v)`` from ``w``. Returns the solution, the iterations
     used (active-set rounds plus FISTA iterations) and, when the solution is an exact solve
     on its support, that solve (``penalty.on_support``'s factor, for reuse).

@@ -108,7 +108,9 @@ def _proxgrad_simplex(dtype=torch.float64, device="cpu"):
 # -- working set -----------------------------------------------------------------------------
 
 def _workingset(model: str, dtype=torch.float64, device="cpu", duplicate=False,
-                at_lambda_max=False):
+                at_lambda_max=False, sub_solver="auto"):
+    """``sub_solver="auto"`` solves the quadratic models by compiled coordinate descent on the
+    CPU; ``"torch"`` by the torch active-set rounds and FISTA (the GPU's sub-solver)."""
     X, y, Xv, yv = _data(dtype, device, duplicate)
     outer = _mse(Xv, yv)
     if model == "sparse_logreg":
@@ -117,7 +119,7 @@ def _workingset(model: str, dtype=torch.float64, device="cpu", duplicate=False,
         def outer(w):
             return torch.nn.functional.softplus(-(2 * yv - 1) * (Xv @ w)).mean()
 
-    solver = getattr(models, model)(X, y, tol=_tol(dtype))
+    solver = getattr(models, model)(X, y, tol=_tol(dtype), sub_solver=sub_solver)
     ref = lambda_max(X, y) if model != "sparse_logreg" else 0.05
     ratio = 1.0 if at_lambda_max else (50 if duplicate else 7)
     theta = torch.tensor(math.log(ref / ratio), dtype=dtype, device=device)
@@ -227,6 +229,12 @@ CASES = [
     Case("workingset-nonneg_lasso", partial(_workingset, "nonneg_lasso"), None, None,
          _ws("nonneg_lasso", duplicate=True)),
     Case("workingset-sparse_logreg", partial(_workingset, "sparse_logreg")),
+    Case("workingset-lasso-torch_sub", partial(_workingset, "lasso", sub_solver="torch"), None,
+         _ws("lasso", at_lambda_max=True, sub_solver="torch"),
+         _ws("lasso", duplicate=True, sub_solver="torch")),
+    Case("workingset-nonneg_lasso-torch_sub",
+         partial(_workingset, "nonneg_lasso", sub_solver="torch"), None, None,
+         _ws("nonneg_lasso", duplicate=True, sub_solver="torch")),
     Case("stacked-lasso_cv", _stacked_cv, None,
          lambda: _stacked_cv(at_lambda_max=True), lambda: _stacked_cv(duplicate=True)),
     *[Case(f"smooth-{m}", partial(_smooth, m), lambda m=m: _smooth_batched(m), None,

@@ -1,0 +1,335 @@
+"""Coordinate descent on the quadratic model of the working-set solver, compiled for the CPU.
+
+The model, on ``k`` features (a working set), with ``G`` positive semidefinite:
+
+    min_v  ½ vᵀGv − bᵀv + Σ_j λ₁ⱼ|v_j| + (λ₂ⱼ/2) v_j²     [+ ι(v ≥ 0) if nonneg]
+
+Cyclic coordinate descent keeps the gradient ``q = Gv − b`` up to date (one row of ``G`` per
+coordinate that moves) and updates
+
+    v_j ← S(G_jj v_j − q_j, λ₁ⱼ) / (G_jj + λ₂ⱼ)
+
+(``S`` the soft threshold; ``max(·, 0)`` instead when nonneg). It finds most of the support
+and signs in a few epochs, then converges only linearly, slowly when the model is
+ill-conditioned (a working set larger than the number of samples makes ``G`` singular): the
+last few coordinates near their threshold take hundreds of epochs. Two accelerations:
+
+- every ``ANDERSON`` epochs, Anderson extrapolation of the last epochs' iterates, kept when it
+  lowers the objective (as in skglm);
+- at the start (a warm start is often solved there) and every ``CHECK`` epochs, up to
+  ``ROUNDS`` primal-dual active-set rounds from the current
+  iterate: the signs a coordinate step would give each coordinate (``sign S(G_jj x_j − q_j,
+  λ₁ⱼ)``) fix a support ``S`` and its signs, the exact solve on it,
+  ``(G_SS + diag λ₂_S) x_S = b_S − λ₁_S sign_S`` by Cholesky, is the next ``x``; it ends the
+  solve when it meets the KKT conditions, and CD goes on from its own iterate otherwise.
+
+Both stop on the model's KKT conditions (the largest distance of ``−q`` to the
+subdifferential, coordinate-wise, as ``penalty.violation`` measures it) ``≤ tol``.
+
+Why compiled: at these sizes (``k`` of a few hundred) a coordinate step is a few hundred flops,
+and an epoch in torch would be ``k`` dispatches of microseconds each; an accelerated first-order
+method instead (FISTA, torch) needs hundreds of iterations on such ill-conditioned models.
+numba (a dependency, as in skglm) compiles the loops on first use and caches them on disk;
+``solvers.workingset`` imports this module on its first CPU sub-solve (numba's import takes
+about a second).
+On a GPU, or for a penalty that does not give its separable form, the working-set solver keeps
+its torch sub-solver.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from solvers.penalties import SupportSolve
+
+CHECK = 10  # epochs between active-set tries
+ROUNDS = 3  # active-set rounds per try
+ANDERSON = 5  # epochs between Anderson extrapolations (of that many last epochs)
+
+
+def available(*tensors: Tensor) -> bool:
+    """Whether the compiled solver can take these tensors: CPU, float32/64, plain storage."""
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+               and not t.requires_grad and _has_storage(t) for t in tensors)
+
+
+def solve_quadratic(G: Tensor, slots: Tensor, b: Tensor, w: Tensor, separable: tuple,
+                    tol: float, max_epochs: int) -> tuple[Tensor, int, SupportSolve | None]:
+    """``argmin_v`` of the model on the rows/columns ``slots`` of ``G`` (a buffer holding the
+    Gram matrix of more features than the model's; no gather), from ``w``.
+
+    Args:
+        G: ``(m, m)`` buffer, ``G[slots][:, slots]`` the model's matrix.
+        slots: ``(k,)`` positions of the model's features in ``G``.
+        b: ``(k,)`` linear term.
+        w: ``(k,)`` starting point.
+        separable: ``(λ₁, λ₂, nonneg)`` of the penalty (``penalty.separable``); ``λ``'s numbers
+            or ``(k,)`` tensors.
+        tol: on the model's KKT violation.
+        max_epochs: cap on the epochs.
+
+    Returns the solution, the iterations (epochs plus active-set rounds) and, when the exact
+    solve on the support ended it, that solve (positions of the support among the ``k``,
+    ``G_SS`` and the Cholesky factor of ``G_SS + diag λ₂``) for reuse.
+    """
+    k = w.numel()
+    l1, l2, nonneg = separable
+    v = w.numpy().copy()
+    epochs, support, gram, factor = _coordinate_descent(
+        G.numpy(), slots.numpy(), b.numpy(), v, _per_feature(l1, k, v.dtype),
+        _per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
+    v = torch.from_numpy(v)
+    if factor.shape[0] == 0:
+        return v, epochs, None
+    return v, epochs, SupportSolve(v, torch.from_numpy(support), torch.from_numpy(gram),
+                                   torch.from_numpy(factor))
+
+
+def _per_feature(value, k: int, dtype) -> np.ndarray:
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy().astype(dtype, copy=False)
+        return np.ascontiguousarray(np.broadcast_to(value, (k,)))
+    return np.full(k, float(value), dtype=dtype)
+
+
+def _has_storage(t: Tensor) -> bool:
+    try:
+        t.numpy()
+    except RuntimeError:  # a tensor wrapped by a torch.func transform
+        return False
+    return True
+
+
+_jit = numba.njit(cache=True, nogil=True)
+# the inner loops: reassociation lets them vectorise (no assumption on NaN/Inf)
+_fast = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+
+
+@_jit
+def _coordinate_descent(Gbuf, slots, b, v, l1, l2, nonneg, tol, max_epochs):
+    k = v.shape[0]
+    G = np.empty((k, k), dtype=v.dtype)  # the model's matrix, contiguous
+    for a in range(k):
+        for c in range(k):
+            G[a, c] = Gbuf[slots[a], slots[c]]
+    q = np.empty_like(v)
+    _gradient(G, b, v, q)
+    no_support = np.zeros(0, dtype=np.int64)
+    no_matrix = np.zeros((0, 0), dtype=v.dtype)
+    signs = np.empty_like(v)
+    tried = np.full(k, 2.0, dtype=v.dtype)  # no sign pattern tried yet
+    iterates = np.empty((ANDERSON + 1, k), dtype=v.dtype)  # the last epochs' v
+    iterates[0] = v
+    rounds = 0
+    for epoch in range(max_epochs + 1):
+        if epoch > 0:
+            _sweep(G, v, q, l1, l2, nonneg)
+            iterates[(epoch - 1) % ANDERSON + 1] = v
+            if epoch % ANDERSON == 0:
+                _extrapolate(G, b, v, q, iterates, l1, l2, nonneg)
+                iterates[0] = v
+        if _violation(v, q, l1, l2, nonneg) <= tol:
+            return epoch + rounds, no_support, no_matrix, no_matrix
+        if epoch % CHECK:
+            continue
+        x, q_x = v.copy(), q.copy()  # active-set rounds from the CD iterate
+        for _ in range(ROUNDS):
+            _prox_signs(G, x, q_x, l1, nonneg, signs)
+            if np.array_equal(signs, tried):
+                break
+            tried[:] = signs
+            rounds += 1
+            support, gram, factor, solution = _solve_on_support(G, b, signs, l1, l2)
+            if factor.shape[0] == 0:
+                break
+            x[:] = 0.0
+            x[support] = solution
+            _gradient(G, b, x, q_x)
+            if _violation(x, q_x, l1, l2, nonneg) <= tol:
+                v[:] = x
+                return epoch + rounds, support, gram, factor
+    return max_epochs + rounds, no_support, no_matrix, no_matrix
+
+
+@_jit
+def _sweep(G, v, q, l1, l2, nonneg):
+    """One epoch of cyclic coordinate descent (``q = Gv − b`` kept up to date)."""
+    for j in range(v.shape[0]):
+        old = v[j]
+        r = G[j, j] * old - q[j]
+        d = G[j, j] + l2[j]
+        if d <= 0.0:
+            new = 0.0
+        elif nonneg:
+            new = max(r - l1[j], 0.0) / d
+        elif r > l1[j]:
+            new = (r - l1[j]) / d
+        elif r < -l1[j]:
+            new = (r + l1[j]) / d
+        else:
+            new = 0.0
+        if new != old:
+            v[j] = new
+            _axpy(new - old, G[j], q)
+
+
+@_jit
+def _extrapolate(G, b, v, q, iterates, l1, l2, nonneg):
+    """Anderson extrapolation of the epochs' iterates ``x_0 … x_m`` (as in skglm): the affine
+    combination ``Σ c_i x_i`` (``Σ c_i = 1``, ``i ≥ 1``) that minimises ``‖Σ c_i (x_i −
+    x_{i−1})‖``, i.e. ``c ∝ C⁻¹1`` with ``C = UᵀU``, ``U`` the differences (``C`` shifted by
+    ``10⁻¹⁰ max C_ii``); it replaces ``v`` (and ``q``) when it lowers the objective."""
+    m = iterates.shape[0] - 1
+    k = v.shape[0]
+    U = np.empty((m, k), dtype=v.dtype)
+    for i in range(m):
+        for j in range(k):
+            U[i, j] = iterates[i + 1, j] - iterates[i, j]
+    C = np.empty((m, m), dtype=v.dtype)
+    for i in range(m):
+        for j in range(m):
+            C[i, j] = _dot(U[i], U[j], k)
+    shift = 0.0
+    for i in range(m):
+        shift = max(shift, 1e-10 * C[i, i])
+    if not shift > 0.0:
+        return
+    factor = _cholesky(C, np.full(m, shift, dtype=v.dtype))
+    if factor.shape[0] == 0:
+        return
+    c = _cholesky_solve(factor, np.ones(m, dtype=v.dtype))
+    total = c.sum()
+    if not (np.isfinite(total) and total != 0.0):
+        return
+    x = np.zeros_like(v)
+    for i in range(m):
+        _axpy(c[i] / total, iterates[i + 1], x)
+    if nonneg:
+        for j in range(k):
+            x[j] = max(x[j], 0.0)
+    q_x = np.empty_like(v)
+    _gradient(G, b, x, q_x)
+    if _objective(x, q_x, b, l1, l2) < _objective(v, q, b, l1, l2):
+        v[:] = x
+        q[:] = q_x
+
+
+@_jit
+def _prox_signs(G, x, q, l1, nonneg, signs):
+    """The signs a coordinate step from ``x`` (``q = Gx − b``) would give each coordinate."""
+    for j in range(x.shape[0]):
+        r = G[j, j] * x[j] - q[j]
+        if r > l1[j]:
+            signs[j] = 1.0
+        elif r < -l1[j] and not nonneg:
+            signs[j] = -1.0
+        else:
+            signs[j] = 0.0
+
+
+@_jit
+def _objective(v, q, b, l1, l2):
+    """``½vᵀGv − bᵀv + g(v)``, from ``q = Gv − b``."""
+    total = 0.0
+    for j in range(v.shape[0]):
+        total += v[j] * (0.5 * (q[j] - b[j]) + 0.5 * l2[j] * v[j]) + l1[j] * abs(v[j])
+    return total
+
+
+@_fast
+def _axpy(a, x, y):
+    """``y += a x``."""
+    for i in range(y.shape[0]):
+        y[i] += a * x[i]
+
+
+@_fast
+def _dot(x, y, n):
+    """``Σ_{i<n} x_i y_i``."""
+    total = 0.0
+    for i in range(n):
+        total += x[i] * y[i]
+    return total
+
+
+@_jit
+def _gradient(G, b, v, q):
+    """``q = Gv − b`` (over the nonzero coordinates of ``v``)."""
+    q[:] = -b
+    for j in range(v.shape[0]):
+        if v[j] != 0.0:
+            _axpy(v[j], G[j], q)
+
+
+@_jit
+def _violation(v, q, l1, l2, nonneg):
+    """Largest distance of ``−(q + λ₂v)`` to ``λ₁ ∂|v|`` (or to the nonneg subdifferential)."""
+    worst = 0.0
+    for j in range(v.shape[0]):
+        g = q[j] + l2[j] * v[j]
+        if v[j] > 0.0:
+            gap = abs(g + l1[j])
+        elif v[j] < 0.0:
+            gap = np.inf if nonneg else abs(g - l1[j])
+        elif nonneg:
+            gap = max(-g - l1[j], 0.0)
+        else:
+            gap = max(abs(g) - l1[j], 0.0)
+        worst = max(worst, gap)
+    return worst
+
+
+@_jit
+def _solve_on_support(G, b, signs, l1, l2):
+    """``(G_SS + diag λ₂_S) v_S = b_S − λ₁_S signs_S`` on ``S = {signs ≠ 0}``: the positions
+    of ``S``, ``G_SS``, the Cholesky factor (empty if not numerically positive definite) and
+    ``v_S``."""
+    support = np.nonzero(signs)[0]
+    s = support.shape[0]
+    gram = np.empty((s, s), dtype=b.dtype)
+    shift = np.empty(s, dtype=b.dtype)
+    rhs = np.empty(s, dtype=b.dtype)
+    for a in range(s):
+        j = support[a]
+        for c in range(s):
+            gram[a, c] = G[j, support[c]]
+        shift[a] = l2[j]
+        rhs[a] = b[j] - l1[j] * signs[j]
+    factor = _cholesky(gram, shift)
+    if factor.shape[0] == 0:
+        return support, gram, factor, rhs
+    return support, gram, factor, _cholesky_solve(factor, rhs)
+
+
+@_jit
+def _cholesky(A, shift):
+    """Lower Cholesky factor of ``A + diag(shift)``, row by row; empty (0×0) when a pivot is
+    not positive."""
+    s = A.shape[0]
+    factor = np.zeros((s, s), dtype=A.dtype)
+    for j in range(s):
+        for i in range(j):
+            factor[j, i] = (A[j, i] - _dot(factor[j], factor[i], i)) / factor[i, i]
+        d = A[j, j] + shift[j] - _dot(factor[j], factor[j], j)
+        if not d > 0.0:
+            return np.zeros((0, 0), dtype=A.dtype)
+        factor[j, j] = np.sqrt(d)
+    return factor
+
+
+@_jit
+def _cholesky_solve(factor, rhs):
+    """``(LLᵀ)⁻¹ rhs``."""
+    s = rhs.shape[0]
+    x = np.empty_like(rhs)
+    for i in range(s):  # L y = rhs
+        x[i] = (rhs[i] - _dot(factor[i], x, i)) / factor[i, i]
+    for i in range(s - 1, -1, -1):  # Lᵀ x = y
+        total = x[i]
+        for m in range(i + 1, s):
+            total -= factor[m, i] * x[m]
+        x[i] = total / factor[i, i]
+    return x

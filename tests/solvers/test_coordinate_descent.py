@@ -1,0 +1,134 @@
+"""The compiled coordinate descent of the working-set solver's quadratic models, against sklearn
+at tight tolerance, on models as ill-conditioned as the working sets make them (more features
+than samples: ``G`` singular)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import ElasticNet, Lasso
+
+from solvers import models
+from solvers.coordinate_descent import solve_quadratic
+from solvers.penalties import L1
+from tests.engine.problems import F64, lambda_max, wide
+
+TIGHT = {"tol": 1e-14, "max_iter": 1_000_000, "fit_intercept": False}
+
+
+def _model(n=40, p=120, seed=0, dtype=F64):
+    """``G = XᵀX/n`` (rank ``n < p``) and ``b = Xᵀy/n``: ``½vᵀGv − bᵀv`` is sklearn's
+    ``‖y − Xv‖²/(2n)`` up to a constant."""
+    X, y, _, _ = wide(n=n, p=p, seed=seed)
+    X, y = X.to(dtype), y.to(dtype)
+    return X, y, X.T @ X / n, X.T @ y / n
+
+
+def _solve(G, b, separable, tol=1e-12, slots=None, buffer=None):
+    k = b.numel()
+    slots = torch.arange(k) if slots is None else slots
+    buffer = G if buffer is None else buffer
+    return solve_quadratic(buffer, slots, b, torch.zeros(k, dtype=b.dtype), separable, tol,
+                           100_000)
+
+
+@pytest.mark.parametrize("penalty", ["lasso", "elastic_net", "nonneg"])
+@pytest.mark.parametrize("ratio", [5, 50])
+def test_matches_sklearn_on_a_singular_model(penalty, ratio):
+    X, y, G, b = _model()
+    lam = lambda_max(X, y) / ratio
+    if penalty == "lasso":
+        separable, ref = (lam, 0.0, False), Lasso(alpha=lam, **TIGHT)
+    elif penalty == "nonneg":
+        separable, ref = (lam, 0.0, True), Lasso(alpha=lam, positive=True, **TIGHT)
+    else:  # sklearn: α ρ |w|₁ + α (1 − ρ)/2 ‖w‖²
+        alpha, rho = 2 * lam, 0.5
+        separable, ref = (alpha * rho, alpha * (1 - rho), False), \
+            ElasticNet(alpha=alpha, l1_ratio=rho, **TIGHT)
+    v, epochs, _ = _solve(G, b, separable)
+    expected = ref.fit(X.numpy(), y.numpy()).coef_
+    assert 0 < epochs < 100_000
+    assert np.abs(v.numpy() - expected).max() <= 1e-8 * max(1.0, np.abs(expected).max())
+    assert int((v != 0).sum()) == int((expected != 0).sum())
+
+
+def test_per_feature_weights_meet_the_kkt_conditions():
+    """Weighted ℓ1: the solution's KKT violation, as ``penalties.L1`` measures it in torch, is
+    within the tolerance, and the support is not trivial."""
+    X, y, G, b = _model(seed=1)
+    lam = torch.linspace(0.2, 2.0, b.numel(), dtype=F64) * lambda_max(X, y) / 10
+    v, _, _ = _solve(G, b, (lam, 0.0, False), tol=1e-11)
+    params = {"l1": lam}
+    assert float(L1().violation(v, G @ v - b, params).max()) <= 1e-11
+    assert 0 < int((v != 0).sum()) < b.numel()
+
+
+def test_exact_finish_returns_its_factor():
+    """When an active-set round ends the solve, it hands back what it formed: the support,
+    ``G_SS`` and the Cholesky factor of ``G_SS + λ₂I``; ``v`` is the exact solve on it."""
+    X, y, G, b = _model()
+    lam1, lam2 = lambda_max(X, y) / 20, 0.3
+    v, _, exact = _solve(G, b, (lam1, lam2, False))
+    assert exact is not None
+    S = exact.support
+    assert torch.equal(S, v.nonzero().flatten())
+    assert torch.equal(exact.gram, G[S][:, S])
+    system = G[S][:, S] + lam2 * torch.eye(S.numel(), dtype=F64)
+    assert torch.allclose(exact.factor @ exact.factor.T, system, rtol=1e-12, atol=1e-13)
+    expected = torch.linalg.solve(system, b[S] - lam1 * torch.sign(v[S]))
+    assert torch.allclose(v[S], expected, rtol=1e-10, atol=1e-13)
+
+
+def test_slots_index_a_larger_buffer():
+    """The model's matrix is read through ``slots`` from a buffer with more (and permuted)
+    features, as the working set's Gram cache holds it: same solution as on ``G`` itself."""
+    X, y, G, b = _model(p=60)
+    lam = lambda_max(X, y) / 10
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(90, generator=gen)
+    buffer = torch.randn(90, 90, generator=gen, dtype=F64)  # other features: never read
+    slots = order[:60]
+    buffer[slots[:, None], slots] = G
+    direct, _, _ = _solve(G, b, (lam, 0.0, False))
+    through, _, _ = _solve(G, b, (lam, 0.0, False), slots=slots, buffer=buffer)
+    assert torch.equal(direct, through)
+
+
+def test_float32_stays_float32():
+    X, y, G, b = _model(dtype=torch.float32)
+    lam = lambda_max(X.double(), y.double()) / 10
+    v, _, _ = _solve(G, b, (lam, 0.0, False), tol=1e-4)
+    expected = Lasso(alpha=lam, **TIGHT).fit(X.double().numpy(), y.double().numpy()).coef_
+    assert v.dtype == torch.float32
+    assert np.abs(v.double().numpy() - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+def test_epoch_cap_returns_the_iterate_without_a_factor():
+    X, y, G, b = _model()
+    lam = lambda_max(X, y) / 50
+    v, epochs, exact = solve_quadratic(G, torch.arange(b.numel()), b, torch.zeros_like(b),
+                                       (lam, 0.0, False), 1e-12, 2)
+    assert epochs <= 2 + 3 and exact is None and bool(torch.isfinite(v).all())
+
+
+def test_working_set_sub_solvers_agree():
+    """The working-set solver gives the same Lasso with the compiled sub-solver (default on the
+    CPU) and with the torch one (the GPU's), where the working sets outgrow the samples."""
+    X, y, _, _ = wide(n=40, p=300, seed=2)
+    theta = torch.tensor(math.log(lambda_max(X, y) / 1000), dtype=F64)
+    compiled = models.lasso(X, y, tol=1e-11)
+    w = compiled.run(theta)
+    w_torch = models.lasso(X, y, tol=1e-11, sub_solver="torch").run(theta)
+    expected = Lasso(alpha=math.exp(float(theta)), **TIGHT).fit(X.numpy(), y.numpy()).coef_
+    assert int((w != 0).sum()) > 30  # working sets of 2|S| > n features
+    assert np.abs(w.numpy() - expected).max() <= 1e-8 * np.abs(expected).max()
+    assert torch.allclose(w, w_torch, rtol=0, atol=1e-8 * float(w.abs().max()))
+
+
+def test_unknown_sub_solver_is_refused():
+    X, y, _, _ = wide()
+    with pytest.raises(ValueError, match="sub_solver"):
+        models.lasso(X, y, sub_solver="cd")
