@@ -312,7 +312,8 @@ def _direction(draw: st.DrawFn, theta: Tensor) -> Tensor:
     return unit(draw, theta.numel()).reshape(theta.shape)
 
 
-WORKING_SET = ("lasso", "elastic_net", "nonneg_lasso", "sparse_logreg")
+WORKING_SET = ("lasso", "elastic_net", "nonneg_lasso", "sparse_logreg",
+               "lasso-torch_sub", "nonneg_lasso-torch_sub")  # the GPU's sub-solver, on the CPU
 FIXED_POINT = ("picard", "km", "anderson", "broyden")
 FAMILIES = (*(f"workingset-{m}" for m in WORKING_SET), "stacked-lasso_cv", "smooth-newton",
             "smooth-lbfgs", *(f"fixed_point-{m}" for m in FIXED_POINT), "qp-native")
@@ -338,7 +339,8 @@ def solver_problems(draw: st.DrawFn, families: tuple[str, ...] = FAMILIES,
     return _qp(draw, method, power, magnitude)
 
 
-def _workingset(draw: st.DrawFn, model: str, power: int, magnitude: bool) -> SolverProblem:
+def _workingset(draw: st.DrawFn, family: str, power: int, magnitude: bool) -> SolverProblem:
+    model, _, sub = family.partition("-")
     n, p = draw(st.integers(4, 8)), draw(st.integers(1, 4))
     X = _matrix(draw, n, p) * 10.0 ** power
     y = vector(draw, n)
@@ -358,8 +360,9 @@ def _workingset(draw: st.DrawFn, model: str, power: int, magnitude: bool) -> Sol
     # extremes: few iterations (an absolute tol can be out of reach of badly scaled data, and
     # the default caps allow 100 working sets × 20,000 sub-iterations)
     options = {"maxiter": 2, "sub_maxiter": 10} if magnitude else {}
-    solver = getattr(models, model)(X, y, tol=1e-13 if not magnitude else 1e-10, **options)
-    return SolverProblem(f"workingset-{model}", solver, theta, None, _outer(draw, p),
+    solver = getattr(models, model)(X, y, tol=1e-13 if not magnitude else 1e-10,
+                                    sub_solver="torch" if sub == "torch_sub" else "auto", **options)
+    return SolverProblem(f"workingset-{family}", solver, theta, None, _outer(draw, p),
                          _direction(draw, theta))
 
 
