@@ -41,6 +41,8 @@ bench: $(STAMP)          ## the benchmarks beside their peers → $(BENCH)/*.jso
 	$(RUN_BENCH)lasso_hypergrad.py --repeat 5 --jaxopt-repeat 0 --lam-ratio 100 --json $(BENCH)/lasso_hypergrad_ratio100.json
 	$(RUN_BENCH)lasso_hypergrad.py --repeat 3 --jaxopt-repeat 0 --n 2000 --p 10000 --json $(BENCH)/lasso_hypergrad_2000x10000.json
 	$(RUN_BENCH)lasso_hypergrad.py --repeat 5 --jaxopt-repeat 0 --n 200 --p 1000 --json $(BENCH)/lasso_hypergrad_200x1000.json
+	$(RUN_BENCH)lasso_hypergrad.py --repeat 5 --jaxopt-repeat 0 --n 200 --p 1000 --lam-ratio 10 --json $(BENCH)/lasso_hypergrad_200x1000_ratio10.json
+	$(RUN_BENCH)lasso_hypergrad.py --repeat 5 --jaxopt-repeat 0 --n 100 --p 500 --json $(BENCH)/lasso_hypergrad_100x500.json
 	$(RUN_BENCH)sparse_models.py --repeat 5 --json $(BENCH)/sparse_models.json
 	$(RUN_BENCH)logreg_l2_hypergrad.py --repeat 5 --json $(BENCH)/logreg_l2_hypergrad.json
 	$(RUN_BENCH)qp_layer.py --batch 1 128 --dtype float64 float32 --repeat 5 --json $(BENCH)/qp_layer.json

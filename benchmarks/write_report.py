@@ -53,8 +53,10 @@ SECTIONS: tuple[Section, ...] = (
 random_state=seed)`, each column scaled to norm √(2n), the first n rows train, the rest
 validation, λ = λmax/ratio, θ = log λ; the reference size is n=1000, p=5000, λmax/30. Ours: a
 fresh `solvers.models.lasso(X, y, tol=1e-10)` (the working-set solver the framework uses by
-default for this model, cold start; its construction is timed) + `bilevel.implicit_solve`,
-timed as the solve; then the hypergradient, timed in its two parts: the validation loss's own
+default for this model, cold start; its construction is timed; on the CPU its quadratic
+sub-problems go to the compiled coordinate descent of `solvers.coordinate_descent`, compiled
+once per process before the timings, in the warm-up round) + `bilevel.implicit_solve`, timed as
+the solve; then the hypergradient, timed in its two parts: the validation loss's own
 value and gradient `∂F/∂w` (`X_v w`, `X_vᵀr`, which any method pays), then the implicit part
 `w.backward(∂F/∂w)`, which gives `dF/dθ`. Peers: celer `Lasso(tol=1e-8)` and sklearn
 `Lasso(tol=1e-8)`, solve only. Ours, sklearn and celer run in interleaved rounds (a warm-up
