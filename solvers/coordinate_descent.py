@@ -56,36 +56,39 @@ def available(*tensors: Tensor) -> bool:
                and not t.requires_grad and _has_storage(t) for t in tensors)
 
 
-def solve_quadratic(G: Tensor, slots: Tensor, b: Tensor, w: Tensor, separable: tuple,
-                    tol: float, max_epochs: int) -> tuple[Tensor, int, SupportSolve | None]:
+def solve_quadratic(G: Tensor, slots: Tensor, grad: Tensor, w: Tensor, separable: tuple,
+                    tol: float, max_epochs: int
+                    ) -> tuple[Tensor, int, SupportSolve | None, Tensor]:
     """``argmin_v`` of the model on the rows/columns ``slots`` of ``G`` (a buffer holding the
-    Gram matrix of more features than the model's; no gather), from ``w``.
+    Gram matrix of more features than the model's; no gather), from ``w``, with the linear term
+    ``b = Gw − grad`` (the model of ``f`` at ``w`` when ``grad = ∇f(w)``).
 
     Args:
         G: ``(m, m)`` buffer, ``G[slots][:, slots]`` the model's matrix.
         slots: ``(k,)`` positions of the model's features in ``G``.
-        b: ``(k,)`` linear term.
+        grad: ``(k,)`` gradient of the smooth part at ``w``.
         w: ``(k,)`` starting point.
         separable: ``(λ₁, λ₂, nonneg)`` of the penalty (``penalty.separable``); ``λ``'s numbers
             or ``(k,)`` tensors.
         tol: on the model's KKT violation.
         max_epochs: cap on the epochs.
 
-    Returns the solution, the iterations (epochs plus active-set rounds) and, when the exact
-    solve on the support ended it, that solve (positions of the support among the ``k``,
-    ``G_SS`` and the Cholesky factor of ``G_SS + diag λ₂``) for reuse.
+    Returns the solution, the iterations (epochs plus active-set rounds), when the exact solve
+    on the support ended it, that solve (positions of the support among the ``k``, ``G_SS``
+    and the Cholesky factor of ``G_SS + diag λ₂``) for reuse, and ``b``.
     """
     k = w.numel()
     l1, l2, nonneg = separable
     v = w.numpy().copy()
+    b = np.empty_like(v)
     epochs, support, gram, factor = _coordinate_descent(
-        G.numpy(), slots.numpy(), b.numpy(), v, _per_feature(l1, k, v.dtype),
+        G.numpy(), slots.numpy(), grad.numpy(), v, b, _per_feature(l1, k, v.dtype),
         _per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
-    v = torch.from_numpy(v)
+    v, b = torch.from_numpy(v), torch.from_numpy(b)
     if factor.shape[0] == 0:
-        return v, epochs, None
+        return v, epochs, None, b
     return v, epochs, SupportSolve(v, torch.from_numpy(support), torch.from_numpy(gram),
-                                   torch.from_numpy(factor))
+                                   torch.from_numpy(factor)), b
 
 
 def _per_feature(value, k: int, dtype) -> np.ndarray:
@@ -109,14 +112,16 @@ _fast = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz
 
 
 @_jit
-def _coordinate_descent(Gbuf, slots, b, v, l1, l2, nonneg, tol, max_epochs):
+def _coordinate_descent(Gbuf, slots, grad, v, b, l1, l2, nonneg, tol, max_epochs):
     k = v.shape[0]
     G = np.empty((k, k), dtype=v.dtype)  # the model's matrix, contiguous
     for a in range(k):
         for c in range(k):
             G[a, c] = Gbuf[slots[a], slots[c]]
-    q = np.empty_like(v)
-    _gradient(G, b, v, q)
+    q = np.zeros_like(v)
+    _gradient(G, q, v, b)  # b = Gv
+    b -= grad
+    q[:] = grad  # q = Gv − b
     no_support = np.zeros(0, dtype=np.int64)
     no_matrix = np.zeros((0, 0), dtype=v.dtype)
     signs = np.empty_like(v)

@@ -292,7 +292,7 @@ class WorkingSet:
     def _working_set(self, w: Tensor, violation: Tensor) -> Tensor:
         support = w != 0
         size = min(w.numel(), max(self.ws_start, 2 * int(support.sum())))
-        score = torch.where(support, torch.full_like(violation, math.inf), violation)
+        score = violation.masked_fill(support, math.inf)
         return torch.topk(score, size).indices.sort().values
 
     def _solve_restricted(self, W: Tensor, w: Tensor, z: Tensor, grad: Tensor, params: dict
@@ -308,8 +308,7 @@ class WorkingSet:
             cache = self._cache
             slots = cache.grow(W, 4 * self.gram_max)
             self._col_sq = max(self._col_sq, cache.col_sq)
-            linear = cache.matvec(slots, w) - grad
-            target, k, exact = self._solve_model(cache.buffer, slots, linear, w, params)
+            target, k, exact, linear = self._solve_model(cache.buffer, slots, w, grad, params)
             self._gram = (W, slots, linear)
             if exact is not None:
                 self._exact = (W[exact.support], exact.gram, linear[exact.support], exact.factor)
@@ -326,32 +325,36 @@ class WorkingSet:
             if float(penalty.violation(w, grad, params).max()) <= self.tol:
                 break
             hessian = X_W.T @ (datafit.curvature(z)[:, None] * X_W)
-            linear = hessian @ w - grad
             everything = torch.arange(w.numel(), device=w.device)
-            target, k, _ = self._solve_model(hessian, everything, linear, w, params, hessian)
+            target, k, _, _ = self._solve_model(hessian, everything, w, grad, params, hessian)
             iterations += k
             w, z = self._line_search(X_W, w, z, target - w, grad, params)
         return w, iterations, z
 
-    def _solve_model(self, buffer: Tensor, slots: Tensor, b: Tensor, w: Tensor, params: dict,
-                     G: Tensor | None = None) -> tuple[Tensor, int, SupportSolve | None]:
+    def _solve_model(self, buffer: Tensor, slots: Tensor, w: Tensor, grad: Tensor,
+                     params: dict, G: Tensor | None = None
+                     ) -> tuple[Tensor, int, SupportSolve | None, Tensor]:
         """``argmin_v ½vᵀGv − bᵀv + g(v)`` from ``w``, with ``G = buffer[slots][:, slots]``
         (given as ``G`` when the caller has it, else gathered from the Gram cache if the torch
-        sub-solver needs it): by the compiled coordinate descent
-        (``solvers.coordinate_descent``) on the CPU, by :func:`_active_set_then_fista` (torch)
-        otherwise or when ``sub_solver="torch"``. Returns the solution, the sub-solver's
-        iterations and the exact solve on the support that ended it, if one did."""
+        sub-solver needs it) and ``b = Gw − grad`` (the model of ``f`` at ``w``): by the
+        compiled coordinate descent (``solvers.coordinate_descent``) on the CPU, by
+        :func:`_active_set_then_fista` (torch) otherwise or when ``sub_solver="torch"``.
+        Returns the solution, the sub-solver's iterations, the exact solve on the support that
+        ended it (if one did) and ``b``."""
         penalty = self.penalty
         if self.sub_solver != "torch" and hasattr(penalty, "separable") and \
                 buffer.device.type == "cpu":
             from solvers import coordinate_descent  # imports numba: only when used
 
-            if coordinate_descent.available(buffer, b, w):
+            if coordinate_descent.available(buffer, grad, w):
                 return coordinate_descent.solve_quadratic(
-                    buffer, slots, b, w, penalty.separable(params), self.tol, self.sub_maxiter)
+                    buffer, slots, grad, w, penalty.separable(params), self.tol,
+                    self.sub_maxiter)
         if G is None:
             G = self._cache.matrix(slots)
-        return _active_set_then_fista(G, b, w, penalty, params, self.tol, self.sub_maxiter)
+        linear = G @ w - grad
+        return (*_active_set_then_fista(G, linear, w, penalty, params, self.tol,
+                                        self.sub_maxiter), linear)
 
     def _line_search(self, X_W: Tensor, w: Tensor, z: Tensor, d: Tensor, grad: Tensor,
                      params: dict) -> tuple[Tensor, Tensor]:
@@ -431,12 +434,6 @@ class _GramCache:
         """``buffer[slots][:, slots]`` (a fresh tensor)."""
         return self._G.index_select(0, slots).index_select(1, slots)
 
-    def matvec(self, slots: Tensor, v: Tensor) -> Tensor:
-        """``buffer[slots][:, slots] @ v``, gathering only the rows of ``v``'s nonzeros."""
-        nonzero = v.nonzero()[:, 0]
-        rows = self._G.index_select(0, slots[nonzero])[:, :self._size]
-        return (v[nonzero] @ rows)[slots]
-
     def product(self, w_W: Tensor) -> Tensor:
         """``X_W w_W`` for the ``W`` of the last :meth:`grow` (no column gather)."""
         w_C = w_W.new_zeros(self._size)
@@ -447,7 +444,7 @@ class _GramCache:
         capacity = 0 if self._Xt is None else self._Xt.shape[0]
         if size <= capacity:
             return
-        capacity = max(size, 2 * capacity, 128)
+        capacity = max(size, 2 * capacity, 256)
         Xt = self._like.new_empty(capacity, self._n)
         G = self._like.new_empty(capacity, capacity)  # only the block of C is ever read
         if self._Xt is not None and self._size:

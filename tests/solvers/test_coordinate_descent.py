@@ -31,8 +31,11 @@ def _solve(G, b, separable, tol=1e-12, slots=None, buffer=None):
     k = b.numel()
     slots = torch.arange(k) if slots is None else slots
     buffer = G if buffer is None else buffer
-    return solve_quadratic(buffer, slots, b, torch.zeros(k, dtype=b.dtype), separable, tol,
-                           100_000)
+    # from v = 0 the gradient of ½vᵀGv − bᵀv is −b
+    v, iterations, exact, linear = solve_quadratic(buffer, slots, -b, torch.zeros(k, dtype=b.dtype),
+                                                   separable, tol, 100_000)
+    assert torch.equal(linear, b)
+    return v, iterations, exact
 
 
 @pytest.mark.parametrize("penalty", ["lasso", "elastic_net", "nonneg"])
@@ -109,8 +112,8 @@ def test_float32_stays_float32():
 def test_epoch_cap_returns_the_iterate_without_a_factor():
     X, y, G, b = _model()
     lam = lambda_max(X, y) / 50
-    v, epochs, exact = solve_quadratic(G, torch.arange(b.numel()), b, torch.zeros_like(b),
-                                       (lam, 0.0, False), 1e-12, 2)
+    v, epochs, exact, _ = solve_quadratic(G, torch.arange(b.numel()), -b, torch.zeros_like(b),
+                                          (lam, 0.0, False), 1e-12, 2)
     assert epochs <= 2 + 3 and exact is None and bool(torch.isfinite(v).all())
 
 
