@@ -17,22 +17,25 @@ last few coordinates near their threshold take hundreds of epochs. Two accelerat
 - every ``ANDERSON`` epochs, Anderson extrapolation of the last epochs' iterates, kept when it
   lowers the objective (as in skglm);
 - at the start (a warm start is often solved there) and every ``CHECK`` epochs, up to
-  ``ROUNDS`` primal-dual active-set rounds from the current
-  iterate: the signs a coordinate step would give each coordinate (``sign S(G_jj x_j − q_j,
-  λ₁ⱼ)``) fix a support ``S`` and its signs, the exact solve on it,
+  ``ROUNDS`` primal-dual active-set rounds from the current iterate: the signs a coordinate
+  step would give each coordinate (``sign S(G_jj x_j − q_j, λ₁ⱼ)``) fix a support ``S`` and
+  its signs, the exact solve on it,
   ``(G_SS + diag λ₂_S) x_S = b_S − λ₁_S sign_S`` by Cholesky, is the next ``x``; it ends the
   solve when it meets the KKT conditions, and CD goes on from its own iterate otherwise.
 
 Both stop on the model's KKT conditions (the largest distance of ``−q`` to the
 subdifferential, coordinate-wise, as ``penalty.violation`` measures it) ``≤ tol``.
 
+Working sets too large for their Gram matrix (least squares) take the same coordinate steps
+on the columns themselves (:func:`solve_columns`: ``F'(X_W v)`` kept up to date, ``2nk`` flops
+an epoch), with neither acceleration (each would cost passes over ``X_W`` of its own).
+
 Why compiled: at these sizes (``k`` of a few hundred) a coordinate step is a few hundred flops,
 and an epoch in torch would be ``k`` dispatches of microseconds each; an accelerated first-order
 method instead (FISTA, torch) needs hundreds of iterations on such ill-conditioned models.
 numba (a dependency, as in skglm) compiles the loops on first use and caches them on disk;
 ``solvers.workingset`` imports this module on its first CPU sub-solve (numba's import takes
-about a second).
-On a GPU, or for a penalty that does not give its separable form, the working-set solver keeps
+about a second). On a GPU, or for a penalty that does not give its separable form, the working-set solver keeps
 its torch sub-solver.
 """
 
@@ -338,3 +341,80 @@ def _cholesky_solve(factor, rhs):
             total -= factor[m, i] * x[m]
         x[i] = total / factor[i, i]
     return x
+
+
+def solve_columns(Xt: Tensor, s: Tensor, curvature: float, w: Tensor, separable: tuple,
+                  tol: float, max_epochs: int) -> tuple[Tensor, int]:
+    """``argmin_v F(X_W v) + g(v)`` for a quadratic datafit with constant curvature ``c``,
+    from ``w``, by coordinate descent on the columns themselves (for working sets too large
+    for their Gram matrix): ``s = F'(X_W v)`` is kept up to date (``s += c δ x_j`` when
+    ``v_j`` moves by ``δ``), each coordinate's gradient is ``x_jᵀs`` and its curvature
+    ``c‖x_j‖²``; an epoch costs ``2 n k``. Stops when the KKT violation, met during an epoch
+    and confirmed by a pass without updates, is ``≤ tol``.
+
+    Args:
+        Xt: ``(k, n)`` the columns of the working set, one per row.
+        s: ``(n,)`` ``F'(X_W w)``.
+        curvature: ``c = F''``.
+        w, separable, tol, max_epochs: as in :func:`solve_quadratic`.
+
+    Returns the solution and the epochs run.
+    """
+    k = w.numel()
+    l1, l2, nonneg = separable
+    v = w.numpy().copy()
+    epochs = _coordinate_descent_columns(
+        Xt.numpy(), s.numpy().copy(), float(curvature), v, _per_feature(l1, k, v.dtype),
+        _per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
+    return torch.from_numpy(v), epochs
+
+
+@_jit
+def _coordinate_descent_columns(Xt, s, c, v, l1, l2, nonneg, tol, max_epochs):
+    k, n = Xt.shape
+    h = np.empty_like(v)
+    for j in range(k):
+        h[j] = c * _dot(Xt[j], Xt[j], n)
+    for epoch in range(1, max_epochs + 1):
+        worst = _sweep_columns(Xt, s, c, h, v, l1, l2, nonneg, True)
+        if worst <= tol and _sweep_columns(Xt, s, c, h, v, l1, l2, nonneg, False) <= tol:
+            return epoch
+    return max_epochs
+
+
+@_jit
+def _sweep_columns(Xt, s, c, h, v, l1, l2, nonneg, update):
+    """One epoch over the columns (``update``) or a pass that only measures; returns the
+    largest KKT violation met (each coordinate's before its own update)."""
+    n = s.shape[0]
+    worst = 0.0
+    for j in range(v.shape[0]):
+        g = _dot(Xt[j], s, n) + l2[j] * v[j]
+        if v[j] > 0.0:
+            gap = abs(g + l1[j])
+        elif v[j] < 0.0:
+            gap = np.inf if nonneg else abs(g - l1[j])
+        elif nonneg:
+            gap = max(-g - l1[j], 0.0)
+        else:
+            gap = max(abs(g) - l1[j], 0.0)
+        worst = max(worst, gap)
+        if not update:
+            continue
+        old = v[j]
+        r = h[j] * old - (g - l2[j] * old)
+        d = h[j] + l2[j]
+        if d <= 0.0:
+            new = 0.0
+        elif nonneg:
+            new = max(r - l1[j], 0.0) / d
+        elif r > l1[j]:
+            new = (r - l1[j]) / d
+        elif r < -l1[j]:
+            new = (r + l1[j]) / d
+        else:
+            new = 0.0
+        if new != old:
+            v[j] = new
+            _axpy(c * (new - old), Xt[j], s)
+    return worst

@@ -14,7 +14,9 @@ Algorithm (in the spirit of celer / skglm, written for torch):
    line search. The quadratic models are solved, on the CPU, by compiled coordinate descent
    finished by the exact solve on the support it finds (``solvers.coordinate_descent``); on a
    GPU, by primal-dual active-set rounds (a prox-gradient step guesses the support and signs,
-   the exact solve on that support follows) with FISTA as the fallback;
+   the exact solve on that support follows) with FISTA as the fallback. Least-squares working
+   sets past ``gram_max`` features go without their Gram matrix: coordinate descent on the
+   columns (CPU) or FISTA with products by ``X_W``;
 4. repeat. Warm starts (``init``) across calls with a different θ are the normal use.
 
 Optimality mapping (the prox-gradient residual, ``solvers.prox_mapping``):
@@ -59,7 +61,8 @@ class WorkingSet:
         ws_start: smallest working set.
         sub_maxiter: cap on the iterations of the quadratic sub-solver.
         gram_max: largest working set whose Hessian (Gram matrix) is formed; larger working
-            sets are solved by FISTA with products by ``X_W``.
+            sets (least squares) are solved on their columns: compiled coordinate descent on
+            the CPU, FISTA with products by ``X_W`` otherwise.
         sub_solver: solver of the quadratic models: ``"auto"``, compiled coordinate descent
             on the CPU (``solvers.coordinate_descent``) and torch active-set rounds then FISTA
             on other devices; ``"torch"``, the torch one everywhere.
@@ -314,10 +317,9 @@ class WorkingSet:
                 self._exact = (W[exact.support], exact.gram, linear[exact.support], exact.factor)
             return target, k, self._cache.product(target)
         X_W = self._columns(W)
-        self._col_sq = max(self._col_sq, float((X_W * X_W).sum(0).max()))
+        self._col_sq = max(self._col_sq, float(torch.linalg.vector_norm(X_W, dim=0).max()) ** 2)
         if datafit.quadratic:  # a Gram matrix would cost more
-            target, k = _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol,
-                                           self.sub_maxiter)
+            target, k = self._solve_on_columns(X_W, z, w, params)
             return target, k, X_W @ target
         iterations = 0
         for _ in range(100):
@@ -355,6 +357,25 @@ class WorkingSet:
         linear = G @ w - grad
         return (*_active_set_then_fista(G, linear, w, penalty, params, self.tol,
                                         self.sub_maxiter), linear)
+
+    def _solve_on_columns(self, X_W: Tensor, z: Tensor, w: Tensor, params: dict
+                          ) -> tuple[Tensor, int]:
+        """``argmin_v F(X_W v) + g(v)`` from ``w`` (``z = X_W w``) with products by ``X_W``
+        only, for a quadratic datafit: coordinate descent on the columns
+        (``coordinate_descent.solve_columns``) on the CPU, :func:`_solve_matrix_free` (FISTA,
+        torch) otherwise or when ``sub_solver="torch"``."""
+        datafit, penalty = self.datafit, self.penalty
+        s = datafit.derivative(z)
+        if self.sub_solver != "torch" and hasattr(penalty, "separable") and \
+                X_W.device.type == "cpu":
+            from solvers import coordinate_descent  # imports numba: only when used
+
+            Xt = X_W.T.contiguous()
+            if coordinate_descent.available(Xt, s, w):
+                return coordinate_descent.solve_columns(
+                    Xt, s, datafit.curvature_bound(), w, penalty.separable(params), self.tol,
+                    self.sub_maxiter)
+        return _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol, self.sub_maxiter)
 
     def _line_search(self, X_W: Tensor, w: Tensor, z: Tensor, d: Tensor, grad: Tensor,
                      params: dict) -> tuple[Tensor, Tensor]:

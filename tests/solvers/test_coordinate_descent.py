@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import ElasticNet, Lasso
 
 from solvers import models
-from solvers.coordinate_descent import solve_quadratic
+from solvers.coordinate_descent import solve_columns, solve_quadratic
 from solvers.penalties import L1
 from tests.engine.problems import F64, lambda_max, wide
 
@@ -115,6 +115,39 @@ def test_epoch_cap_returns_the_iterate_without_a_factor():
     v, epochs, exact, _ = solve_quadratic(G, torch.arange(b.numel()), -b, torch.zeros_like(b),
                                           (lam, 0.0, False), 1e-12, 2)
     assert epochs <= 2 + 3 and exact is None and bool(torch.isfinite(v).all())
+
+
+@pytest.mark.parametrize("penalty", ["lasso", "elastic_net", "nonneg"])
+def test_columns_variant_matches_sklearn(penalty):
+    """Coordinate descent on the columns themselves (working sets too large for their Gram
+    matrix), with ``s = F'(Xv) = (Xv − y)/n`` kept up to date: sklearn's solution."""
+    X, y, _, _ = _model()
+    n = X.shape[0]
+    lam = lambda_max(X, y) / 20
+    separable = {"lasso": (lam, 0.0, False), "nonneg": (lam, 0.0, True),
+                 "elastic_net": (lam, lam, False)}[penalty]
+    ref = {"lasso": Lasso(alpha=lam, **TIGHT), "nonneg": Lasso(alpha=lam, positive=True, **TIGHT),
+           "elastic_net": ElasticNet(alpha=2 * lam, l1_ratio=0.5, **TIGHT)}[penalty]
+    w0 = torch.zeros(X.shape[1], dtype=F64)
+    v, epochs = solve_columns(X.T.contiguous(), (X @ w0 - y) / n, 1.0 / n, w0, separable,
+                              1e-12, 100_000)
+    expected = ref.fit(X.numpy(), y.numpy()).coef_
+    assert 0 < epochs < 100_000
+    assert np.abs(v.numpy() - expected).max() <= 1e-8 * max(1.0, np.abs(expected).max())
+
+
+def test_working_set_past_gram_max_matches_sklearn():
+    """Working sets larger than ``gram_max`` are solved on their columns (compiled on the CPU,
+    FISTA with ``sub_solver="torch"``): both give sklearn's elastic net."""
+    X, y, _, _ = wide(n=40, p=300, seed=3)
+    lam = lambda_max(X, y) / 30
+    theta = torch.tensor([math.log(lam), math.log(lam)], dtype=F64)
+    expected = ElasticNet(alpha=2 * lam, l1_ratio=0.5, **TIGHT).fit(X.numpy(), y.numpy()).coef_
+    for sub_solver in ("auto", "torch"):
+        solver = models.elastic_net(X, y, tol=1e-11, gram_max=16, sub_solver=sub_solver)
+        w = solver.run(theta)
+        assert solver.n_working_sets > 1 and int((w != 0).sum()) > 32  # |W| = 2|S| > gram_max
+        assert np.abs(w.numpy() - expected).max() <= 1e-8 * np.abs(expected).max(), sub_solver
 
 
 def test_working_set_sub_solvers_agree():
