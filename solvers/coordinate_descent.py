@@ -35,8 +35,8 @@ and an epoch in torch would be ``k`` dispatches of microseconds each; an acceler
 method instead (FISTA, torch) needs hundreds of iterations on such ill-conditioned models.
 numba (a dependency, as in skglm) compiles the loops on first use and caches them on disk;
 ``solvers.workingset`` imports this module on its first CPU sub-solve (numba's import takes
-about a second). On a GPU, or for a penalty that does not give its separable form, the working-set solver keeps
-its torch sub-solver.
+about a second). On a GPU, or for a penalty that does not give its separable form, the
+working-set solver keeps its torch sub-solver.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _coordinate_descent(Gbuf, slots, grad, v, b, l1, l2, nonneg, tol, max_epochs
             continue
         x, q_x = v.copy(), q.copy()  # active-set rounds from the CD iterate
         for _ in range(ROUNDS):
-            _prox_signs(G, x, q_x, l1, nonneg, signs)
+            _prox_signs(G, x, q_x, l1, l2, nonneg, signs)
             if np.array_equal(signs, tried):
                 break
             tried[:] = signs
@@ -167,21 +167,38 @@ def _sweep(G, v, q, l1, l2, nonneg):
     """One epoch of cyclic coordinate descent (``q = Gv − b`` kept up to date)."""
     for j in range(v.shape[0]):
         old = v[j]
-        r = G[j, j] * old - q[j]
-        d = G[j, j] + l2[j]
-        if d <= 0.0:
-            new = 0.0
-        elif nonneg:
-            new = max(r - l1[j], 0.0) / d
-        elif r > l1[j]:
-            new = (r - l1[j]) / d
-        elif r < -l1[j]:
-            new = (r + l1[j]) / d
-        else:
-            new = 0.0
+        new = _coordinate_step(G[j, j] * old - q[j], G[j, j] + l2[j], l1[j], nonneg)
         if new != old:
             v[j] = new
             _axpy(new - old, G[j], q)
+
+
+@_jit
+def _coordinate_step(r, d, l1, nonneg):
+    """``argmin_x ½dx² − rx + λ₁|x|`` (``x ≥ 0`` if nonneg): ``S(r, λ₁)/d``; 0 when ``d = 0``
+    (a zero column, no curvature)."""
+    if d <= 0.0:
+        return 0.0
+    if nonneg:
+        return max(r - l1, 0.0) / d
+    if r > l1:
+        return (r - l1) / d
+    if r < -l1:
+        return (r + l1) / d
+    return 0.0
+
+
+@_jit
+def _gap(x, g, l1, nonneg):
+    """Distance of ``−g`` to ``λ₁∂|x|`` (to ``λ₁ + ∂ι(x ≥ 0)`` if nonneg): the KKT violation
+    of one coordinate, as ``penalty.violation`` measures it."""
+    if x > 0.0:
+        return abs(g + l1)
+    if x < 0.0:
+        return np.inf if nonneg else abs(g - l1)
+    if nonneg:
+        return max(-g - l1, 0.0)
+    return max(abs(g) - l1, 0.0)
 
 
 @_jit
@@ -226,16 +243,11 @@ def _extrapolate(G, b, v, q, iterates, l1, l2, nonneg):
 
 
 @_jit
-def _prox_signs(G, x, q, l1, nonneg, signs):
+def _prox_signs(G, x, q, l1, l2, nonneg, signs):
     """The signs a coordinate step from ``x`` (``q = Gx − b``) would give each coordinate."""
     for j in range(x.shape[0]):
-        r = G[j, j] * x[j] - q[j]
-        if r > l1[j]:
-            signs[j] = 1.0
-        elif r < -l1[j] and not nonneg:
-            signs[j] = -1.0
-        else:
-            signs[j] = 0.0
+        signs[j] = np.sign(_coordinate_step(G[j, j] * x[j] - q[j], G[j, j] + l2[j], l1[j],
+                                            nonneg))
 
 
 @_jit
@@ -274,19 +286,10 @@ def _gradient(G, b, v, q):
 
 @_jit
 def _violation(v, q, l1, l2, nonneg):
-    """Largest distance of ``−(q + λ₂v)`` to ``λ₁ ∂|v|`` (or to the nonneg subdifferential)."""
+    """Largest KKT violation (:func:`_gap`) at ``v``, with ``q = Gv − b``."""
     worst = 0.0
     for j in range(v.shape[0]):
-        g = q[j] + l2[j] * v[j]
-        if v[j] > 0.0:
-            gap = abs(g + l1[j])
-        elif v[j] < 0.0:
-            gap = np.inf if nonneg else abs(g - l1[j])
-        elif nonneg:
-            gap = max(-g - l1[j], 0.0)
-        else:
-            gap = max(abs(g) - l1[j], 0.0)
-        worst = max(worst, gap)
+        worst = max(worst, _gap(v[j], q[j] + l2[j] * v[j], l1[j], nonneg))
     return worst
 
 
@@ -389,31 +392,12 @@ def _sweep_columns(Xt, s, c, h, v, l1, l2, nonneg, update):
     n = s.shape[0]
     worst = 0.0
     for j in range(v.shape[0]):
-        g = _dot(Xt[j], s, n) + l2[j] * v[j]
-        if v[j] > 0.0:
-            gap = abs(g + l1[j])
-        elif v[j] < 0.0:
-            gap = np.inf if nonneg else abs(g - l1[j])
-        elif nonneg:
-            gap = max(-g - l1[j], 0.0)
-        else:
-            gap = max(abs(g) - l1[j], 0.0)
-        worst = max(worst, gap)
+        g = _dot(Xt[j], s, n)
+        old = v[j]
+        worst = max(worst, _gap(old, g + l2[j] * old, l1[j], nonneg))
         if not update:
             continue
-        old = v[j]
-        r = h[j] * old - (g - l2[j] * old)
-        d = h[j] + l2[j]
-        if d <= 0.0:
-            new = 0.0
-        elif nonneg:
-            new = max(r - l1[j], 0.0) / d
-        elif r > l1[j]:
-            new = (r - l1[j]) / d
-        elif r < -l1[j]:
-            new = (r + l1[j]) / d
-        else:
-            new = 0.0
+        new = _coordinate_step(h[j] * old - g, h[j] + l2[j], l1[j], nonneg)
         if new != old:
             v[j] = new
             _axpy(c * (new - old), Xt[j], s)
