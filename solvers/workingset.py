@@ -344,14 +344,10 @@ class WorkingSet:
         Returns the solution, the sub-solver's iterations, the exact solve on the support that
         ended it (if one did) and ``b``."""
         penalty = self.penalty
-        if self.sub_solver != "torch" and hasattr(penalty, "separable") and \
-                buffer.device.type == "cpu":
-            from solvers import coordinate_descent  # imports numba: only when used
-
-            if coordinate_descent.available(buffer, grad, w):
-                return coordinate_descent.solve_quadratic(
-                    buffer, slots, grad, w, penalty.separable(params), self.tol,
-                    self.sub_maxiter)
+        compiled = self._compiled(buffer, grad, w)
+        if compiled is not None:
+            return compiled.solve_quadratic(buffer, slots, grad, w, penalty.separable(params),
+                                            self.tol, self.sub_maxiter)
         if G is None:
             G = self._cache.matrix(slots)
         linear = G @ w - grad
@@ -366,16 +362,23 @@ class WorkingSet:
         torch) otherwise or when ``sub_solver="torch"``."""
         datafit, penalty = self.datafit, self.penalty
         s = datafit.derivative(z)
-        if self.sub_solver != "torch" and hasattr(penalty, "separable") and \
-                X_W.device.type == "cpu":
-            from solvers import coordinate_descent  # imports numba: only when used
-
-            Xt = X_W.T.contiguous()
-            if coordinate_descent.available(Xt, s, w):
-                return coordinate_descent.solve_columns(
-                    Xt, s, datafit.curvature_bound(), w, penalty.separable(params), self.tol,
-                    self.sub_maxiter)
+        compiled = self._compiled(X_W, s, w)
+        if compiled is not None:
+            return compiled.solve_columns(X_W.T.contiguous(), s, datafit.curvature_bound(), w,
+                                          penalty.separable(params), self.tol, self.sub_maxiter)
         return _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol, self.sub_maxiter)
+
+    def _compiled(self, *tensors: Tensor):
+        """``solvers.coordinate_descent`` when its compiled sub-solvers can take these tensors
+        (CPU, plain storage) and this penalty (``penalty.separable``), unless
+        ``sub_solver="torch"``; else ``None``. Imported here, on first use: numba's import
+        takes about a second."""
+        if self.sub_solver == "torch" or not hasattr(self.penalty, "separable") or \
+                any(t.device.type != "cpu" for t in tensors):
+            return None
+        from solvers import coordinate_descent
+
+        return coordinate_descent if coordinate_descent.available(*tensors) else None
 
     def _line_search(self, X_W: Tensor, w: Tensor, z: Tensor, d: Tensor, grad: Tensor,
                      params: dict) -> tuple[Tensor, Tensor]:
