@@ -121,10 +121,8 @@ def _coordinate_descent(Gbuf, slots, grad, v, b, l1, l2, nonneg, tol, max_epochs
     for a in range(k):
         for c in range(k):
             G[a, c] = Gbuf[slots[a], slots[c]]
-    q = np.zeros_like(v)
-    _gradient(G, q, v, b)  # b = Gv
-    b -= grad
-    q[:] = grad  # q = Gv − b
+    _gradient(G, grad, v, b)  # b = Gv − grad
+    q = grad.copy()  # q = Gv − b
     no_support = np.zeros(0, dtype=np.int64)
     no_matrix = np.zeros((0, 0), dtype=v.dtype)
     signs = np.empty_like(v)
