@@ -27,19 +27,40 @@ Both stop on the model's KKT conditions (the largest distance of ``−q`` to the
 subdifferential, coordinate-wise, as ``penalty.violation`` measures it) ``≤ tol``.
 
 Working sets too large for their Gram matrix (least squares) take the same coordinate steps
-on the columns themselves (:func:`solve_columns`: ``F'(X_W v)`` kept up to date, ``2nk`` flops
-an epoch), with neither acceleration (each would cost passes over ``X_W`` of its own).
+on the columns themselves (:func:`_coordinate_descent_columns`: ``F'(X_W v)`` kept up to date,
+``2nk`` flops an epoch), with neither acceleration (each would cost passes over ``X_W`` of its
+own).
+
+For least squares, ``F(z) = c‖z − y‖²/2`` (``datafits.Quadratic``, ``c = 1/n``), the whole
+loop of the working-set solver runs here too, in one compiled call
+(:func:`solve_least_squares`), step for step as ``WorkingSet.run`` (``solvers.workingset``):
+
+1. ``∇f(w) = c Xᵀ(Xw − y)`` and the KKT violation of every feature; stop at ``≤ tol``;
+2. the working set: the support and the most violating features, ``max(ws_start, 2|S|)`` in all;
+3. its Gram matrix ``c X_WᵀX_W``, grown in the solver's Gram cache by the new columns only
+   (the cache's buffers go in as arrays and come back, grown if they were full), and the model
+   (``b = c X_Wᵀy``) solved by the kernel above; a working set past ``gram_max`` features by
+   coordinate descent on its columns.
+
+Why the loop too: on problems of a few hundred samples a working set is a few hundred
+microseconds of arithmetic, and the torch loop spent 1–2 ms a working set on dispatch, small
+allocations and wake-ups of the intra-op thread pool (n = 100–200, p = 500–1000, 2 threads).
+Other datafits keep the torch loop, with :func:`solve_quadratic` for their models. The loop
+lives in this file because numba's on-disk cache tracks the file of each cached function only:
+a kernel imported from another file could change without the loop's cache noticing.
 
 Why compiled: at these sizes (``k`` of a few hundred) a coordinate step is a few hundred flops,
 and an epoch in torch would be ``k`` dispatches of microseconds each; an accelerated first-order
 method instead (FISTA, torch) needs hundreds of iterations on such ill-conditioned models.
 numba (a dependency, as in skglm) compiles the loops on first use and caches them on disk;
-``solvers.workingset`` imports this module on its first CPU sub-solve (numba's import takes
+``solvers.workingset`` imports this module on its first CPU solve (numba's import takes
 about a second). On a GPU, or for a penalty that does not give its separable form, the
 working-set solver keeps its torch sub-solver.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -51,6 +72,7 @@ from solvers.penalties import SupportSolve
 CHECK = 10  # epochs between active-set tries
 ROUNDS = 3  # active-set rounds per try
 ANDERSON = 5  # epochs between Anderson extrapolations (of that many last epochs)
+NOT_FINITE = -1  # status of the working-set loop: a non-finite KKT violation
 
 
 def available(*tensors: Tensor) -> bool:
@@ -85,8 +107,8 @@ def solve_quadratic(G: Tensor, slots: Tensor, grad: Tensor, w: Tensor, separable
     v = w.numpy().copy()
     b = np.empty_like(v)
     epochs, support, gram, factor = _coordinate_descent(
-        G.numpy(), slots.numpy(), grad.numpy(), v, b, _per_feature(l1, k, v.dtype),
-        _per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
+        G.numpy(), slots.numpy(), grad.numpy(), v, b, per_feature(l1, k, v.dtype),
+        per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
     v, b = torch.from_numpy(v), torch.from_numpy(b)
     if factor.shape[0] == 0:
         return v, epochs, None, b
@@ -94,7 +116,8 @@ def solve_quadratic(G: Tensor, slots: Tensor, grad: Tensor, w: Tensor, separable
                                    torch.from_numpy(factor)), b
 
 
-def _per_feature(value, k: int, dtype) -> np.ndarray:
+def per_feature(value, k: int, dtype) -> np.ndarray:
+    """A penalty parameter (a number or a tensor broadcastable to ``(k,)``) as ``k`` values."""
     if isinstance(value, Tensor):
         value = value.detach().cpu().numpy().astype(dtype, copy=False)
         return np.ascontiguousarray(np.broadcast_to(value, (k,)))
@@ -344,34 +367,15 @@ def _cholesky_solve(factor, rhs):
     return x
 
 
-def solve_columns(Xt: Tensor, s: Tensor, curvature: float, w: Tensor, separable: tuple,
-                  tol: float, max_epochs: int) -> tuple[Tensor, int]:
-    """``argmin_v F(X_W v) + g(v)`` for a quadratic datafit with constant curvature ``c``,
-    from ``w``, by coordinate descent on the columns themselves (for working sets too large
-    for their Gram matrix): ``s = F'(X_W v)`` is kept up to date (``s += c δ x_j`` when
-    ``v_j`` moves by ``δ``), each coordinate's gradient is ``x_jᵀs`` and its curvature
-    ``c‖x_j‖²``; an epoch costs ``2 n k``. Stops when the KKT violation, met during an epoch
-    and confirmed by a pass without updates, is ``≤ tol``.
-
-    Args:
-        Xt: ``(k, n)`` the columns of the working set, one per row.
-        s: ``(n,)`` ``F'(X_W w)``.
-        curvature: ``c = F''``.
-        w, separable, tol, max_epochs: as in :func:`solve_quadratic`.
-
-    Returns the solution and the epochs run.
-    """
-    k = w.numel()
-    l1, l2, nonneg = separable
-    v = w.numpy().copy()
-    epochs = _coordinate_descent_columns(
-        Xt.numpy(), s.numpy().copy(), float(curvature), v, _per_feature(l1, k, v.dtype),
-        _per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
-    return torch.from_numpy(v), epochs
-
-
 @_jit
 def _coordinate_descent_columns(Xt, s, c, v, l1, l2, nonneg, tol, max_epochs):
+    """``argmin_v F(X_W v) + g(v)`` for a quadratic datafit with constant curvature ``c``,
+    from ``v`` (in place), by coordinate descent on the columns themselves (for working sets
+    too large for their Gram matrix): ``s = F'(X_W v)`` (``(n,)``, in place) is kept up to
+    date (``s += c δ x_j`` when ``v_j`` moves by ``δ``), each coordinate's gradient is
+    ``x_jᵀs`` and its curvature ``c‖x_j‖²``; an epoch costs ``2nk``. ``Xt``: ``(k, n)``, the
+    columns one per row. Stops when the KKT violation, met during an epoch and confirmed by a
+    pass without updates, is ``≤ tol``; returns the epochs run."""
     k, n = Xt.shape
     h = np.empty_like(v)
     for j in range(k):
@@ -400,3 +404,181 @@ def _sweep_columns(Xt, s, c, h, v, l1, l2, nonneg, update):
             v[j] = new
             _axpy(c * (new - old), Xt[j], s)
     return worst
+
+
+class LoopResult(NamedTuple):
+    """What :func:`solve_least_squares` returns; ``W``, ``slots`` and ``b`` are the last
+    working set solved on its Gram matrix, its slots in the cache and ``b = c X_Wᵀy`` (``None``
+    if none was), ``exact`` the exact solve on the support that ended it (``None`` if none
+    did)."""
+
+    w: Tensor
+    residual: float
+    iterations: int
+    working_sets: int
+    grad: Tensor  # ∇f at w
+    W: Tensor | None
+    slots: Tensor | None
+    b: Tensor | None
+    exact: tuple[Tensor, Tensor, Tensor] | None  # positions of S in W, G_SS, factor
+    col_sq: float  # the largest ‖x_j‖² over the working sets
+
+
+def solve_least_squares(X: np.ndarray, y: np.ndarray, curvature: float, w: Tensor,
+                        separable: tuple, cache, *, tol: float, maxiter: int, ws_start: int,
+                        gram_max: int, sub_maxiter: int) -> LoopResult:
+    """The working-set loop from ``w`` for ``F(z) = c‖z − y‖²/2`` and the penalty
+    ``separable = (λ₁, λ₂, nonneg)`` (numbers or per-feature tensors).
+
+    Args:
+        X: ``(n, p)`` C-contiguous array; ``y``: ``(n,)``, same dtype.
+        curvature: ``c``.
+        w: ``(p,)`` starting point (not modified).
+        cache: the solver's Gram cache (``arrays()`` and ``adopt(...)``, see
+            ``solvers.workingset._GramCache``).
+        tol, maxiter, ws_start, gram_max, sub_maxiter: as ``WorkingSet``'s.
+
+    Raises:
+        ValueError: a non-finite KKT violation (NaN/Inf in the data or θ).
+    """
+    p = w.numel()
+    l1, l2, nonneg = separable
+    v = w.numpy().copy()
+    Xt, G, slot, size = cache.arrays()
+    (status, residual, iterations, visited, grad, Xt, G, size, col_sq, W, slots, b, support,
+     gram, factor) = _working_set_loop(
+        X, y, float(curvature), v, per_feature(l1, p, v.dtype), per_feature(l2, p, v.dtype),
+        bool(nonneg), float(tol), int(maxiter), int(ws_start), int(gram_max), int(sub_maxiter),
+        Xt, G, slot, size, 4 * int(gram_max))
+    slots_t = torch.from_numpy(slots) if W.shape[0] else None
+    cache.adopt(Xt, G, size, slots_t, col_sq)
+    if status == NOT_FINITE:
+        raise ValueError("non-finite gradient: check X, y and theta for NaN/Inf")
+    v = torch.from_numpy(v)
+    exact = None
+    if factor.shape[0]:
+        exact = tuple(torch.from_numpy(a) for a in (support, gram, factor))
+    has_gram = W.shape[0] > 0
+    return LoopResult(v, float(residual), int(iterations), int(visited), torch.from_numpy(grad),
+                      torch.from_numpy(W) if has_gram else None, slots_t,
+                      torch.from_numpy(b) if has_gram else None, exact, float(col_sq))
+
+
+@_jit
+def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_max,
+                     sub_maxiter, Xt, G, slot, size, cap):
+    """Solve from ``w`` (updated in place). ``X (n, p)`` C-contiguous, ``y (n,)``, ``c`` the
+    curvature, ``l1, l2 (p,)`` per feature, ``Xt, G, slot, size`` the Gram cache (``cap``:
+    its largest ``|C|`` before a reset).
+
+    Returns ``(status, residual, iterations, working sets, ∇f(w), Xt, G, size, col_sq,
+    W, slots, b, support, gram, factor)``: status 0, or :data:`NOT_FINITE`; ``∇f`` at the
+    returned ``w`` (valid when ``residual ≤ tol``); the cache's buffers and size; ``col_sq``
+    the largest ``‖x_j‖²`` over the working sets; the last Gram-path working set ``W``, its
+    slots and ``b`` (empty if none); the exact solve on the support that ended it (positions
+    in ``W``, ``G_SS``, Cholesky factor; empty if none)."""
+    n, p = X.shape
+    dtype = w.dtype
+    z = np.zeros(n, dtype=dtype)
+    for i in range(n):
+        z[i] = _dot(X[i], w, p)
+    s = np.empty(n, dtype=dtype)
+    grad = np.empty(p, dtype=dtype)
+    violation = np.empty(p, dtype=dtype)
+    empty_index = np.zeros(0, dtype=np.int64)
+    W, slots, b = empty_index, empty_index, np.zeros(0, dtype=dtype)
+    support, gram, factor = empty_index, np.zeros((0, 0), dtype=dtype), \
+        np.zeros((0, 0), dtype=dtype)
+    col_sq, iterations, visited, residual = 0.0, 0, 0, np.inf
+    while True:
+        for i in range(n):  # ∇f = Xᵀ c(z − y), row by row (X is row-major)
+            s[i] = c * (z[i] - y[i])
+        grad[:] = 0.0
+        for i in range(n):
+            _axpy(s[i], X[i], grad)
+        residual = 0.0
+        supported = 0
+        for j in range(p):
+            gap = _gap(w[j], grad[j] + l2[j] * w[j], l1[j], nonneg)
+            if not np.isfinite(gap):  # NaN/Inf in X, y or λ, or a negative w under nonneg
+                return (NOT_FINITE, gap, iterations, visited, grad, Xt, G, size, col_sq,
+                        W, slots, b, support, gram, factor)
+            residual = max(residual, gap)
+            violation[j] = gap
+            if w[j] != 0.0:
+                supported += 1
+                violation[j] = np.inf  # the support stays in the working set
+        if residual <= tol or visited >= maxiter:
+            break
+        visited += 1
+        k = min(p, max(ws_start, 2 * supported))
+        W_now = np.sort(np.argsort(-violation)[:k])
+        v = w[W_now].copy()
+        if k <= gram_max:
+            Xt, G, size = _grow(X, c, W_now, Xt, G, slot, size, cap)
+            slots = slot[W_now]
+            for a in range(k):
+                col_sq = max(col_sq, G[slots[a], slots[a]] / c)
+            b = np.empty(k, dtype=dtype)
+            epochs, support, gram, factor = _coordinate_descent(
+                G, slots, grad[W_now], v, b, l1[W_now], l2[W_now], nonneg, tol, sub_maxiter)
+            W = W_now
+            z[:] = 0.0
+            for a in range(k):
+                if v[a] != 0.0:
+                    _axpy(v[a], Xt[slots[a]], z)
+        else:  # too large for its Gram matrix: coordinate descent on the columns
+            XtW = np.empty((k, n), dtype=dtype)
+            for a in range(k):
+                for i in range(n):
+                    XtW[a, i] = X[i, W_now[a]]
+                col_sq = max(col_sq, _dot(XtW[a], XtW[a], n))
+            for i in range(n):
+                s[i] = c * (z[i] - y[i])
+            epochs = _coordinate_descent_columns(XtW, s, c, v, l1[W_now], l2[W_now], nonneg,
+                                                 tol, sub_maxiter)
+            z[:] = 0.0
+            for a in range(k):
+                if v[a] != 0.0:
+                    _axpy(v[a], XtW[a], z)
+            support = empty_index
+            gram, factor = np.zeros((0, 0), dtype=dtype), np.zeros((0, 0), dtype=dtype)
+        iterations += epochs
+        w[:] = 0.0
+        w[W_now] = v
+    return (0, residual, iterations, visited, grad, Xt, G, size, col_sq, W, slots, b, support,
+            gram, factor)
+
+
+@_jit
+def _grow(X, c, W, Xt, G, slot, size, cap):
+    """Add the columns of ``W`` not in the cache (``_GramCache.grow``, same layout): ``Xt``
+    rows and the block ``c X_CᵀX_new`` of ``G`` (``C`` reset to ``W`` when ``|C|`` would pass
+    ``cap``; buffers of doubled capacity when full). Returns ``Xt, G, size``."""
+    n = X.shape[0]
+    new = W[slot[W] < 0]
+    if size + new.shape[0] > cap:
+        slot[:] = -1
+        size, new = 0, W
+    k = new.shape[0]
+    if k == 0:
+        return Xt, G, size
+    if size + k > Xt.shape[0]:
+        capacity = max(size + k, 2 * Xt.shape[0], 256)
+        Xt_new = np.empty((capacity, n), dtype=Xt.dtype)
+        G_new = np.empty((capacity, capacity), dtype=G.dtype)
+        Xt_new[:size] = Xt[:size]
+        G_new[:size, :size] = G[:size, :size]
+        Xt, G = Xt_new, G_new
+    for a in range(k):
+        j = new[a]
+        for i in range(n):
+            Xt[size + a, i] = X[i, j]
+        slot[j] = size + a
+    block = np.dot(Xt[:size + k], Xt[size:size + k].T)  # [X_Cᵀ x_new; X_newᵀ X_new]
+    for r in range(size + k):
+        for a in range(k):
+            value = c * block[r, a]
+            G[r, size + a] = value
+            G[size + a, r] = value
+    return Xt, G, size + k

@@ -19,6 +19,10 @@ Algorithm (in the spirit of celer / skglm, written for torch):
    columns (CPU) or FISTA with products by ``X_W``;
 4. repeat. Warm starts (``init``) across calls with a different θ are the normal use.
 
+For least squares on the CPU the whole loop runs compiled, in one call
+(``coordinate_descent.solve_least_squares``, the same steps); the torch loop serves the other
+datafits and devices, and ``sub_solver="torch"``.
+
 Optimality mapping (the prox-gradient residual, ``solvers.prox_mapping``):
 
     H(θ, w) = w − prox_{ηg(·;θ)}(w − η Xᵀ F'(Xw)),   H(θ, w*) = 0,
@@ -38,11 +42,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from solvers.base import SolveInfo, Structure, Theta, check_stopping, warn_not_converged
-from solvers.datafits import DATAFITS
+from solvers.datafits import DATAFITS, Quadratic
 from solvers.fista import momentum
 from solvers.penalties import SupportSolve
 from solvers.prox_mapping import ProxGradientMapping, detach
@@ -63,9 +68,11 @@ class WorkingSet:
         gram_max: largest working set whose Hessian (Gram matrix) is formed; larger working
             sets (least squares) are solved on their columns: compiled coordinate descent on
             the CPU, FISTA with products by ``X_W`` otherwise.
-        sub_solver: solver of the quadratic models: ``"auto"``, compiled coordinate descent
-            on the CPU (``solvers.coordinate_descent``) and torch active-set rounds then FISTA
-            on other devices; ``"torch"``, the torch one everywhere.
+        sub_solver: ``"auto"``: on the CPU, compiled coordinate descent solves the quadratic
+            models (``solvers.coordinate_descent``) and, for least squares, the whole loop
+            runs compiled (``coordinate_descent.solve_least_squares``); on other devices, the
+            torch loop with torch active-set rounds then FISTA. ``"torch"``: the torch loop
+            and sub-solver everywhere.
 
     Attributes:
         info: :class:`~solvers.base.SolveInfo` of the last run (iterations: the sub-solver's
@@ -100,6 +107,7 @@ class WorkingSet:
         self._cache: _GramCache | None = None  # columns visited and their Gram matrix
         # (S, G_SS, b_S, Cholesky factor of G_SS + λ₂I) of the exact solve the last run ended on
         self._exact: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._X_rows: np.ndarray | None = None  # X for the compiled loop
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -118,10 +126,26 @@ class WorkingSet:
         w = torch.zeros(p, dtype=X.dtype, device=X.device) if init is None else init.clone()
         if w.shape != (p,):
             raise ValueError(f"init has shape {tuple(w.shape)}, expected ({p},)")
-        z = X @ w if init is not None else w.new_zeros(X.shape[0])
-        residual, iterations, grad = math.inf, 0, None
         self._exact = None
         self.n_working_sets = 0
+        compiled = self._compiled(X, w) if isinstance(self.datafit, Quadratic) else None
+        if compiled is not None:
+            w, residual, iterations, grad = self._run_compiled(compiled, w, params)
+        else:
+            w, residual, iterations, grad = self._run_torch(w, theta, params)
+        self.info = SolveInfo(iterations, residual, self.tol, residual <= self.tol, self.step)
+        self._last = (w, grad)  # ∇f at the returned w (None if the loop hit maxiter)
+        if not self.info.converged:
+            warn_not_converged("WorkingSet", self.info, "Raise maxiter or loosen tol.")
+        return w
+
+    def _run_torch(self, w: Tensor, theta: Theta, params: dict
+                   ) -> tuple[Tensor, float, int, Tensor | None]:
+        """The working-set loop in torch (any datafit, any device). Returns ``w``, the KKT
+        residual, the sub-solver's iterations and ``∇f(w)`` (``None`` if it hit maxiter)."""
+        X = self.X
+        z = X @ w if bool(w.any()) else w.new_zeros(X.shape[0])
+        residual, iterations, grad = math.inf, 0, None
         while self.n_working_sets < self.maxiter:
             grad = X.T @ self.datafit.derivative(z)
             violation = self.penalty.violation(w, grad, params)
@@ -138,11 +162,26 @@ class WorkingSet:
             iterations += sub_iterations
             w = torch.zeros_like(w)
             w[W] = w_W
-        self.info = SolveInfo(iterations, residual, self.tol, residual <= self.tol, self.step)
-        self._last = (w, grad)  # ∇f at the returned w (None if the loop hit maxiter)
-        if not self.info.converged:
-            warn_not_converged("WorkingSet", self.info, "Raise maxiter or loosen tol.")
-        return w
+        return w, residual, iterations, grad
+
+    def _run_compiled(self, compiled, w: Tensor, params: dict
+                      ) -> tuple[Tensor, float, int, Tensor]:
+        """The same loop for least squares, in one compiled call
+        (``compiled.solve_least_squares``, ``compiled`` the module ``solvers.coordinate_descent``);
+        it grows the same Gram cache and leaves the same state (``_gram``, ``_exact``)."""
+        result = compiled.solve_least_squares(
+            self._rows(), self._targets(), self.datafit.curvature_bound(), w,
+            self.penalty.separable(params), self._gram_cache(), tol=self.tol,
+            maxiter=self.maxiter, ws_start=self.ws_start, gram_max=self.gram_max,
+            sub_maxiter=self.sub_maxiter)
+        self.n_working_sets = result.working_sets
+        self._col_sq = max(self._col_sq, result.col_sq)
+        if result.W is not None:
+            self._gram = (result.W, result.slots, result.b)
+        if result.exact is not None:
+            support, gram, factor = result.exact
+            self._exact = (result.W[support], gram, result.b[support], factor)
+        return result.w, result.residual, result.iterations, result.grad
 
     def optimality(self, y: Tensor, theta: Theta) -> Tensor:
         """``H(θ, w) = w − prox(w − η∇f(w), θ, η)``."""
@@ -306,9 +345,7 @@ class WorkingSet:
         datafit, penalty = self.datafit, self.penalty
         if datafit.quadratic and W.numel() <= self.gram_max:
             # F(X_W v) = ½vᵀGv − bᵀv + const with G = X_Wᵀ diag(F'') X_W, b = Gw − ∇_W f(w)
-            if self._cache is None:
-                self._cache = _GramCache(self.X, self._columns, datafit.curvature_bound())
-            cache = self._cache
+            cache = self._gram_cache()
             slots = cache.grow(W, 4 * self.gram_max)
             self._col_sq = max(self._col_sq, cache.col_sq)
             target, k, exact, linear = self._solve_model(cache.buffer, slots, w, grad, params)
@@ -319,7 +356,8 @@ class WorkingSet:
         X_W = self._columns(W)
         self._col_sq = max(self._col_sq, float(torch.linalg.vector_norm(X_W, dim=0).max()) ** 2)
         if datafit.quadratic:  # a Gram matrix would cost more
-            target, k = self._solve_on_columns(X_W, z, w, params)
+            target, k = _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol,
+                                           self.sub_maxiter)
             return target, k, X_W @ target
         iterations = 0
         for _ in range(100):
@@ -354,19 +392,19 @@ class WorkingSet:
         return (*_active_set_then_fista(G, linear, w, penalty, params, self.tol,
                                         self.sub_maxiter), linear)
 
-    def _solve_on_columns(self, X_W: Tensor, z: Tensor, w: Tensor, params: dict
-                          ) -> tuple[Tensor, int]:
-        """``argmin_v F(X_W v) + g(v)`` from ``w`` (``z = X_W w``) with products by ``X_W``
-        only, for a quadratic datafit: coordinate descent on the columns
-        (``coordinate_descent.solve_columns``) on the CPU, :func:`_solve_matrix_free` (FISTA,
-        torch) otherwise or when ``sub_solver="torch"``."""
-        datafit, penalty = self.datafit, self.penalty
-        s = datafit.derivative(z)
-        compiled = self._compiled(X_W, s, w)
-        if compiled is not None:
-            return compiled.solve_columns(X_W.T.contiguous(), s, datafit.curvature_bound(), w,
-                                          penalty.separable(params), self.tol, self.sub_maxiter)
-        return _solve_matrix_free(X_W, w, datafit, penalty, params, self.tol, self.sub_maxiter)
+    def _gram_cache(self) -> _GramCache:
+        if self._cache is None:
+            self._cache = _GramCache(self.X, self._columns, self.datafit.curvature_bound())
+        return self._cache
+
+    def _rows(self) -> np.ndarray:
+        """``X`` as a C-contiguous array (a copy made once if ``X`` is not contiguous)."""
+        if self._X_rows is None:
+            self._X_rows = np.ascontiguousarray(self.X.numpy())
+        return self._X_rows
+
+    def _targets(self) -> np.ndarray:
+        return np.ascontiguousarray(self.datafit.y.numpy())
 
     def _compiled(self, *tensors: Tensor):
         """``solvers.coordinate_descent`` when its compiled sub-solvers can take these tensors
@@ -448,6 +486,27 @@ class _GramCache:
             slots = self._slot[W]
         self._last = slots
         return slots
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """``(X_Cᵀ buffer, Gram buffer, slot of every feature, |C|)`` as arrays sharing the
+        cache's memory (empty buffers before the first growth), for the compiled loop
+        (``coordinate_descent.solve_least_squares``), which grows them and hands them back by
+        :meth:`adopt`."""
+        if self._Xt is None:
+            empty = self._like.new_empty(0).numpy()
+            return empty.reshape(0, self._n), empty.reshape(0, 0), self._slot.numpy(), 0
+        return self._Xt.numpy(), self._G.numpy(), self._slot.numpy(), self._size
+
+    def adopt(self, Xt: np.ndarray, G: np.ndarray, size: int, last: Tensor | None,
+              col_sq: float) -> None:
+        """Take back the buffers of :meth:`arrays` as the compiled loop left them (``last``:
+        the slots of its last working set, if it grew one)."""
+        if Xt.shape[0]:
+            self._Xt, self._G = torch.from_numpy(Xt), torch.from_numpy(G)
+        self._size = int(size)
+        if last is not None:
+            self._last = last
+        self.col_sq = max(self.col_sq, col_sq)
 
     @property
     def buffer(self) -> Tensor:

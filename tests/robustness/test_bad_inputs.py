@@ -417,7 +417,7 @@ CATALOGUE = [
         warns=ConvergenceWarning, match=r"ProxGrad stopped after 2 iterations with optimality "
         r"residual \S+ > tol", check=_check_residual_reported),
     Row("not-converged-workingset", _not_converged(
-        lambda: models.lasso(*_regression(), maxiter=1, sub_maxiter=1, tol=1e-14), _theta(-5)),
+        lambda: models.lasso(*_regression(), maxiter=1, ws_start=2, tol=1e-14), _theta(-5)),
         warns=ConvergenceWarning, match="WorkingSet stopped after 1 iterations with optimality "
         "residual", check=_check_residual_reported),
     Row("not-converged-lbfgs", _not_converged(

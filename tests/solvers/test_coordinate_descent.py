@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import ElasticNet, Lasso
 
 from solvers import models
-from solvers.coordinate_descent import solve_columns, solve_quadratic
+from solvers.coordinate_descent import solve_quadratic
 from solvers.penalties import L1
 from tests.engine.problems import F64, lambda_max, wide
 
@@ -120,20 +120,19 @@ def test_epoch_cap_returns_the_iterate_without_a_factor():
 @pytest.mark.parametrize("penalty", ["lasso", "elastic_net", "nonneg"])
 def test_columns_variant_matches_sklearn(penalty):
     """Coordinate descent on the columns themselves (working sets too large for their Gram
-    matrix), with ``s = F'(Xv) = (Xv − y)/n`` kept up to date: sklearn's solution."""
+    matrix, here all of them: ``gram_max`` 4), with ``s = F'(Xv) = (Xv − y)/n`` kept up to
+    date: sklearn's solution."""
     X, y, _, _ = _model()
-    n = X.shape[0]
     lam = lambda_max(X, y) / 20
-    separable = {"lasso": (lam, 0.0, False), "nonneg": (lam, 0.0, True),
-                 "elastic_net": (lam, lam, False)}[penalty]
+    model, theta = {"lasso": (models.lasso, [lam]), "nonneg": (models.nonneg_lasso, [lam]),
+                    "elastic_net": (models.elastic_net, [lam, lam])}[penalty]
     ref = {"lasso": Lasso(alpha=lam, **TIGHT), "nonneg": Lasso(alpha=lam, positive=True, **TIGHT),
            "elastic_net": ElasticNet(alpha=2 * lam, l1_ratio=0.5, **TIGHT)}[penalty]
-    w0 = torch.zeros(X.shape[1], dtype=F64)
-    v, epochs = solve_columns(X.T.contiguous(), (X @ w0 - y) / n, 1.0 / n, w0, separable,
-                              1e-12, 100_000)
+    solver = model(X, y, tol=1e-12, gram_max=4)
+    w = solver.run(torch.tensor(theta, dtype=F64).log().squeeze())
     expected = ref.fit(X.numpy(), y.numpy()).coef_
-    assert 0 < epochs < 100_000
-    assert np.abs(v.numpy() - expected).max() <= 1e-8 * max(1.0, np.abs(expected).max())
+    assert solver.info.converged and solver._gram[0] is None  # no Gram matrix was formed
+    assert np.abs(w.numpy() - expected).max() <= 1e-8 * max(1.0, np.abs(expected).max())
 
 
 def test_working_set_past_gram_max_matches_sklearn():
@@ -168,3 +167,74 @@ def test_unknown_sub_solver_is_refused():
     X, y, _, _ = wide()
     with pytest.raises(ValueError, match="sub_solver"):
         models.lasso(X, y, sub_solver="cd")
+
+
+def test_compiled_loop_leaves_the_gram_cache_as_the_torch_loop_would():
+    """The compiled loop of least squares grows the solver's Gram cache in place; along a
+    warm-started λ path (working sets past ``gram_max`` 16 too) every run leaves the state the
+    reduced mapping reads: ``G = X_WᵀX_W/n`` and ``b = X_Wᵀy/n`` on the last Gram working
+    set, the exact solve's factor of ``G_SS``; and the torch loop's solution."""
+    X, y, _, _ = wide(n=30, p=80, seed=1)
+    n = X.shape[0]
+    compiled = models.lasso(X, y, tol=1e-12, gram_max=16)
+    reference = models.lasso(X, y, tol=1e-12, gram_max=16, sub_solver="torch")
+    w = w_ref = None
+    sizes, exact = set(), 0
+    for ratio in (2, 4, 8, 16, 3, 40):
+        theta = torch.tensor(math.log(lambda_max(X, y) / ratio), dtype=F64)
+        w, w_ref = compiled.run(theta, w), reference.run(theta, w_ref)
+        assert compiled.info.converged
+        assert torch.allclose(w, w_ref, rtol=0, atol=1e-9 * float(w_ref.abs().max()))
+        cache = compiled._cache
+        assert cache._size <= 64 and int((cache._slot >= 0).sum()) == cache._size
+        sizes.add(cache._size)
+        W, slots, b = compiled._gram
+        X_W = X[:, W]
+        assert torch.allclose(cache.matrix(slots), X_W.T @ X_W / n, rtol=1e-13, atol=1e-13)
+        assert torch.allclose(b, X_W.T @ y / n, rtol=1e-13, atol=1e-13)
+        if compiled._exact is not None:
+            exact += 1
+            S, G_SS, b_S, factor = compiled._exact
+            assert torch.equal(S, torch.nonzero(w).flatten())
+            assert torch.allclose(factor @ factor.T, X[:, S].T @ X[:, S] / n, atol=1e-13)
+    assert len(sizes) > 1 and exact > 1  # the cache grew; exact solves ended runs
+
+
+def test_compiled_gram_growth_reallocates_and_resets():
+    """The compiled loop's growth of the Gram cache (``coordinate_descent._grow``) on random
+    overlapping working sets: the buffers double past their capacity (256) and the cache
+    resets past its cap (400), and the cache then gives ``c X_WᵀX_W`` and ``X_W w_W``."""
+    from solvers.coordinate_descent import _grow
+    from solvers.workingset import _GramCache
+
+    X, _, _, _ = wide(n=20, p=700, seed=4)
+    c = 0.3
+    cache = _GramCache(X, lambda index: X[:, index], c)
+    gen = torch.Generator().manual_seed(0)
+    capacities = set()
+    for size in (100, 200, 300, 150, 260):
+        W = torch.randperm(X.shape[1], generator=gen)[:size].sort().values
+        Xt, G, slot, count = cache.arrays()
+        Xt, G, count = _grow(X.numpy(), c, W.numpy(), Xt, G, slot, count, 400)
+        slots = torch.from_numpy(slot[W.numpy()])
+        cache.adopt(Xt, G, count, slots, 0.0)
+        X_W = X[:, W]
+        assert torch.allclose(cache.matrix(slots), c * X_W.T @ X_W, rtol=1e-13, atol=1e-12)
+        w_W = torch.randn(size, generator=gen, dtype=F64)
+        assert torch.allclose(cache.product(w_W), X_W @ w_W, rtol=1e-13, atol=1e-12)
+        assert cache._size <= 400 and int((cache._slot >= 0).sum()) == cache._size
+        if size == 300:
+            assert cache._size == 300  # 300 + |C| > 400: reset to C = W
+        capacities.add(Xt.shape[0])
+    assert capacities == {256, 512}
+
+
+def test_compiled_loop_refuses_non_finite_data():
+    X, y, _, _ = wide()
+    X = X.clone()
+    X[3, 7] = math.inf
+    with pytest.raises(ValueError, match="non-finite gradient"):
+        models.lasso(X, y).run(torch.tensor(0.0, dtype=F64))
+    with pytest.raises(ValueError, match="non-finite gradient"):  # infeasible start
+        models.nonneg_lasso(*wide()[:2]).run(torch.tensor(0.0, dtype=F64),
+                                             -torch.ones(X.shape[1], dtype=F64))

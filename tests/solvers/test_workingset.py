@@ -132,16 +132,18 @@ def test_reduced_and_full_mappings_give_the_same_derivatives():
     assert torch.allclose(tangents[0], tangents[1], rtol=1e-9, atol=1e-10)
 
 
-def test_warm_start_and_convergence_warning():
+@pytest.mark.parametrize("sub_solver", ["auto", "torch"])  # the compiled loop, the torch one
+def test_warm_start_and_convergence_warning(sub_solver):
     X, y, _, _ = wide()
-    solver = models.lasso(X, y, tol=1e-12)
+    solver = models.lasso(X, y, tol=1e-12, sub_solver=sub_solver)
     theta = torch.tensor(math.log(lambda_max(X, y) / 30), dtype=F64)
     w = solver.run(theta)
     cold = solver.info.iterations
     solver.run(theta, w)
     assert solver.info.iterations == 0 < cold
+    assert int((w != 0).sum()) == 4  # one working set of 2 features cannot solve it
     with pytest.warns(bilevel.ConvergenceWarning, match="residual"):
-        models.lasso(X, y, tol=1e-12, maxiter=1).run(theta)
+        models.lasso(X, y, tol=1e-12, maxiter=1, ws_start=2, sub_solver=sub_solver).run(theta)
 
 
 def test_all_inactive_gives_zero_derivative():
