@@ -49,6 +49,7 @@ from solvers import models
 
 F64 = torch.float64
 PAUSE = 0.1  # s of idle before every timed run: no library inherits another's spinning threads
+REFERENCE_SIZE = (1000, 5000)  # (n, p) of issue 3's reference Lasso
 
 
 def ours(X, y, Xv, yv, lam, tol):
@@ -257,10 +258,19 @@ def main() -> None:
         notes.append(f"{label}: solve + hypergradient ≤ 1.5× celer's solve "
                      f"(issue 3): {'met' if met else 'not met'} ({ours_s / celer_s:.2f}×).")
     implicit = (hyper_s - outer_s) / solve_s
-    notes.append(f"{label}: hypergradient overhead ≤ 0.1 (issue 3), counted as the implicit part "
-                 f"(dF/dθ from ∂F/∂w; the outer loss's own X_v w and X_vᵀr, which every method "
-                 f"pays, apart): {'met' if implicit <= 0.1 else 'not met'} ({implicit:.3f}; "
-                 f"{hyper_s / solve_s:.3f} with the outer loss's own products).")
+    if (args.n, args.p) == REFERENCE_SIZE:
+        notes.append(
+            f"{label}: hypergradient overhead ≤ 0.1 (issue 3, at the reference size), counted "
+            f"as the implicit part (dF/dθ from ∂F/∂w; the outer loss's own X_v w and X_vᵀr, "
+            f"which every method pays, apart): {'met' if implicit <= 0.1 else 'not met'} "
+            f"({implicit:.3f}; {hyper_s / solve_s:.3f} with the outer loss's own products).")
+    else:
+        notes.append(
+            f"{label}: hypergradient overhead (implicit part / solve) {implicit:.3f}: "
+            f"{1e3 * (hyper_s - outer_s):.1f} ms over a {1e3 * solve_s:.1f} ms solve (issue 3 "
+            f"sets its ≤ 0.1 target at the reference size; the implicit part's cost, mostly "
+            f"fixed here, the reduced mapping's graph, one VJP and a solve with the solver's "
+            f"factor, weighs more the faster the solve).")
     write_results(args.json, "lasso_hypergrad", [table], notes=notes, data=record)
 
 

@@ -1,6 +1,7 @@
 """The compiled coordinate descent of the working-set solver's quadratic models, against sklearn
 at tight tolerance, on models as ill-conditioned as the working sets make them (more features
-than samples: ``G`` singular)."""
+than samples: ``G`` singular); and the compiled working-set loop of least squares, against
+sklearn, the torch loop and direct products for the Gram cache it leaves."""
 
 from __future__ import annotations
 
@@ -150,8 +151,9 @@ def test_working_set_past_gram_max_matches_sklearn():
 
 
 def test_working_set_sub_solvers_agree():
-    """The working-set solver gives the same Lasso with the compiled sub-solver (default on the
-    CPU) and with the torch one (the GPU's), where the working sets outgrow the samples."""
+    """The working-set solver gives the same Lasso compiled (the default on the CPU: the whole
+    loop, ``solve_least_squares``) and in torch (the GPU's loop and sub-solver), where the
+    working sets outgrow the samples."""
     X, y, _, _ = wide(n=40, p=300, seed=2)
     theta = torch.tensor(math.log(lambda_max(X, y) / 1000), dtype=F64)
     compiled = models.lasso(X, y, tol=1e-11)
