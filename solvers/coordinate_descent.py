@@ -513,15 +513,16 @@ def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_m
         visited += 1
         k = min(p, max(ws_start, 2 * supported))
         W_now = np.sort(np.argsort(-violation)[:k])
-        v = w[W_now].copy()
+        v = _gather(w, W_now)
         if k <= gram_max:
             Xt, G, size = _grow(X, c, W_now, Xt, G, slot, size, cap)
-            slots = slot[W_now]
+            slots = _gather(slot, W_now)
             for a in range(k):
                 col_sq = max(col_sq, G[slots[a], slots[a]] / c)
             b = np.empty(k, dtype=dtype)
             epochs, support, gram, factor = _coordinate_descent(
-                G, slots, grad[W_now], v, b, l1[W_now], l2[W_now], nonneg, tol, sub_maxiter)
+                G, slots, _gather(grad, W_now), v, b, _gather(l1, W_now), _gather(l2, W_now),
+                nonneg, tol, sub_maxiter)
             W = W_now
             z[:] = 0.0
             for a in range(k):
@@ -535,7 +536,8 @@ def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_m
                 col_sq = max(col_sq, _dot(XtW[a], XtW[a], n))
             for i in range(n):
                 s[i] = c * (z[i] - y[i])
-            epochs = _coordinate_descent_columns(XtW, s, c, v, l1[W_now], l2[W_now], nonneg,
+            epochs = _coordinate_descent_columns(XtW, s, c, v, _gather(l1, W_now),
+                                                 _gather(l2, W_now), nonneg,
                                                  tol, sub_maxiter)
             z[:] = 0.0
             for a in range(k):
@@ -545,7 +547,8 @@ def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_m
             gram, factor = np.zeros((0, 0), dtype=dtype), np.zeros((0, 0), dtype=dtype)
         iterations += epochs
         w[:] = 0.0
-        w[W_now] = v
+        for a in range(k):
+            w[W_now[a]] = v[a]
     return (0, residual, iterations, visited, grad, Xt, G, size, col_sq, W, slots, b, support,
             gram, factor)
 
@@ -556,7 +559,13 @@ def _grow(X, c, W, Xt, G, slot, size, cap):
     rows and the block ``c X_CᵀX_new`` of ``G`` (``C`` reset to ``W`` when ``|C|`` would pass
     ``cap``; buffers of doubled capacity when full). Returns ``Xt, G, size``."""
     n = X.shape[0]
-    new = W[slot[W] < 0]
+    new = np.empty_like(W)
+    k = 0
+    for j in W:
+        if slot[j] < 0:
+            new[k] = j
+            k += 1
+    new = new[:k]
     if size + new.shape[0] > cap:
         slot[:] = -1
         size, new = 0, W
@@ -582,3 +591,12 @@ def _grow(X, c, W, Xt, G, slot, size, cap):
             G[r, size + a] = value
             G[size + a, r] = value
     return Xt, G, size + k
+
+
+@_jit
+def _gather(source, index):
+    """``source[index]`` (a loop: numba's fancy indexing costs seconds of compilation)."""
+    out = np.empty(index.shape[0], dtype=source.dtype)
+    for a in range(index.shape[0]):
+        out[a] = source[index[a]]
+    return out
