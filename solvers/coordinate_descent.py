@@ -117,10 +117,12 @@ def solve_quadratic(G: Tensor, slots: Tensor, grad: Tensor, w: Tensor, separable
 
 
 def per_feature(value, k: int, dtype) -> np.ndarray:
-    """A penalty parameter (a number or a tensor broadcastable to ``(k,)``) as ``k`` values."""
+    """A penalty parameter (a number or a tensor broadcastable to ``(k,)``) as ``k`` values, in
+    a fresh writeable array: numba compiles the kernels anew for a read-only one (a broadcast
+    view is read-only), which costs seconds."""
     if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy().astype(dtype, copy=False)
-        return np.ascontiguousarray(np.broadcast_to(value, (k,)))
+        value = value.detach().cpu().numpy()
+        return np.broadcast_to(value, (k,)).astype(dtype, copy=True)
     return np.full(k, float(value), dtype=dtype)
 
 

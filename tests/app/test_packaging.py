@@ -19,7 +19,10 @@ def test_non_editable_install_runs_single_and_multirun_from_elsewhere(tmp_path):
                    check=True, capture_output=True, timeout=600)
     assert (site / "bilevel" / "conf" / "config.yaml").exists()
     assert (site / "bilevel" / "conf" / "hydra" / "launcher" / "parallel.yaml").exists()
-    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy, not this checkout
+    # the installed copy, not this checkout; its numba kernels would compile again beside the
+    # installed files (about 30 s, once per install): this test is about packaging, so they run
+    # as plain Python (numba's documented switch)
+    env = {**os.environ, "PYTHONPATH": str(site), "NUMBA_DISABLE_JIT": "1"}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
