@@ -514,7 +514,7 @@ def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_m
             break
         visited += 1
         k = min(p, max(ws_start, 2 * supported))
-        W_now = np.sort(np.argsort(-violation)[:k])
+        W_now = _largest(violation, k)
         v = _gather(w, W_now)
         if k <= gram_max:
             Xt, G, size = _grow(X, c, W_now, Xt, G, slot, size, cap)
@@ -578,8 +578,10 @@ def _grow(X, c, W, Xt, G, slot, size, cap):
         capacity = max(size + k, 2 * Xt.shape[0], 256)
         Xt_new = np.empty((capacity, n), dtype=Xt.dtype)
         G_new = np.empty((capacity, capacity), dtype=G.dtype)
-        Xt_new[:size] = Xt[:size]
-        G_new[:size, :size] = G[:size, :size]
+        for r in range(size):  # (loops: numba's 2-D slice assignment compiles for seconds)
+            Xt_new[r, :] = Xt[r]
+            for a in range(size):
+                G_new[r, a] = G[r, a]
         Xt, G = Xt_new, G_new
     for a in range(k):
         j = new[a]
@@ -602,3 +604,12 @@ def _gather(source, index):
     for a in range(index.shape[0]):
         out[a] = source[index[a]]
     return out
+
+
+@_jit
+def _largest(score, k):
+    """The positions of the ``k`` largest scores, in increasing order."""
+    chosen = np.zeros(score.shape[0], dtype=np.bool_)
+    for j in np.argsort(-score)[:k]:
+        chosen[j] = True
+    return np.nonzero(chosen)[0]
