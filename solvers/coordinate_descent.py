@@ -475,10 +475,10 @@ def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_m
 
     Returns ``(status, residual, iterations, working sets, ∇f(w), Xt, G, size, col_sq,
     W, slots, b, support, gram, factor)``: status 0, or :data:`NOT_FINITE`; ``∇f`` at the
-    returned ``w`` (valid when ``residual ≤ tol``); the cache's buffers and size; ``col_sq``
-    the largest ``‖x_j‖²`` over the working sets; the last Gram-path working set ``W``, its
-    slots and ``b`` (empty if none); the exact solve on the support that ended it (positions
-    in ``W``, ``G_SS``, Cholesky factor; empty if none)."""
+    returned ``w`` (also when ``maxiter`` stopped the loop); the cache's buffers and size;
+    ``col_sq`` the largest ``‖x_j‖²`` over the working sets; the last Gram-path working set
+    ``W``, its slots and ``b`` (empty if none); the exact solve on the support that ended it
+    (positions in ``W``, ``G_SS``, Cholesky factor; empty if none)."""
     n, p = X.shape
     dtype = w.dtype
     z = np.zeros(n, dtype=dtype)

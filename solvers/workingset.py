@@ -134,7 +134,7 @@ class WorkingSet:
         else:
             w, residual, iterations, grad = self._run_torch(w, theta, params)
         self.info = SolveInfo(iterations, residual, self.tol, residual <= self.tol, self.step)
-        self._last = (w, grad)  # ∇f at the returned w (None if the loop hit maxiter)
+        self._last = (w, grad)  # ∇f at the returned w (None if the torch loop hit maxiter)
         if not self.info.converged:
             warn_not_converged("WorkingSet", self.info, "Raise maxiter or loosen tol.")
         return w
