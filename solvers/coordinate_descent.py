@@ -107,8 +107,8 @@ def solve_quadratic(G: Tensor, slots: Tensor, grad: Tensor, w: Tensor, separable
     v = w.numpy().copy()
     b = np.empty_like(v)
     epochs, support, gram, factor = _coordinate_descent(
-        G.numpy(), slots.numpy(), grad.numpy(), v, b, per_feature(l1, k, v.dtype),
-        per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
+        G.numpy(), slots.numpy(), grad.numpy(), v, b, _per_feature(l1, k, v.dtype),
+        _per_feature(l2, k, v.dtype), bool(nonneg), float(tol), int(max_epochs))
     v, b = torch.from_numpy(v), torch.from_numpy(b)
     if factor.shape[0] == 0:
         return v, epochs, None, b
@@ -116,7 +116,7 @@ def solve_quadratic(G: Tensor, slots: Tensor, grad: Tensor, w: Tensor, separable
                                    torch.from_numpy(factor)), b
 
 
-def per_feature(value, k: int, dtype) -> np.ndarray:
+def _per_feature(value, k: int, dtype) -> np.ndarray:
     """A penalty parameter (a number or a tensor broadcastable to ``(k,)``) as ``k`` values, in
     a fresh writeable array: numba compiles the kernels anew for a read-only one (a broadcast
     view is read-only), which costs seconds."""
@@ -449,18 +449,18 @@ def solve_least_squares(X: np.ndarray, y: np.ndarray, curvature: float, w: Tenso
     Xt, G, slot, size = cache.arrays()
     (status, residual, iterations, visited, grad, Xt, G, size, col_sq, W, slots, b, support,
      gram, factor) = _working_set_loop(
-        X, y, float(curvature), v, per_feature(l1, p, v.dtype), per_feature(l2, p, v.dtype),
+        X, y, float(curvature), v, _per_feature(l1, p, v.dtype), _per_feature(l2, p, v.dtype),
         bool(nonneg), float(tol), int(maxiter), int(ws_start), int(gram_max), int(sub_maxiter),
         Xt, G, slot, size, 4 * int(gram_max))
-    slots_t = torch.from_numpy(slots) if W.shape[0] else None
-    cache.adopt(Xt, G, size, slots_t, col_sq)
+    has_gram = W.shape[0] > 0
+    slots_t = torch.from_numpy(slots) if has_gram else None
+    cache.adopt(Xt, G, size, slots_t)
     if status == NOT_FINITE:
         raise ValueError("non-finite gradient: check X, y and theta for NaN/Inf")
     v = torch.from_numpy(v)
     exact = None
     if factor.shape[0]:
         exact = tuple(torch.from_numpy(a) for a in (support, gram, factor))
-    has_gram = W.shape[0] > 0
     return LoopResult(v, float(residual), int(iterations), int(visited), torch.from_numpy(grad),
                       torch.from_numpy(W) if has_gram else None, slots_t,
                       torch.from_numpy(b) if has_gram else None, exact, float(col_sq))
@@ -536,8 +536,7 @@ def _working_set_loop(X, y, c, w, l1, l2, nonneg, tol, maxiter, ws_start, gram_m
                 for i in range(n):
                     XtW[a, i] = X[i, W_now[a]]
                 col_sq = max(col_sq, _dot(XtW[a], XtW[a], n))
-            for i in range(n):
-                s[i] = c * (z[i] - y[i])
+            # s = c(z − y) from the gradient step above; the kernel keeps it up to date
             epochs = _coordinate_descent_columns(XtW, s, c, v, _gather(l1, W_now),
                                                  _gather(l2, W_now), nonneg,
                                                  tol, sub_maxiter)

@@ -497,16 +497,15 @@ class _GramCache:
             return empty.reshape(0, self._n), empty.reshape(0, 0), self._slot.numpy(), 0
         return self._Xt.numpy(), self._G.numpy(), self._slot.numpy(), self._size
 
-    def adopt(self, Xt: np.ndarray, G: np.ndarray, size: int, last: Tensor | None,
-              col_sq: float) -> None:
+    def adopt(self, Xt: np.ndarray, G: np.ndarray, size: int, last: Tensor | None) -> None:
         """Take back the buffers of :meth:`arrays` as the compiled loop left them (``last``:
-        the slots of its last working set, if it grew one)."""
+        the slots of its last working set, if it grew one). ``col_sq`` is not updated: the
+        loop returns its own, which the solver keeps."""
         if Xt.shape[0]:
             self._Xt, self._G = torch.from_numpy(Xt), torch.from_numpy(G)
         self._size = int(size)
         if last is not None:
             self._last = last
-        self.col_sq = max(self.col_sq, col_sq)
 
     @property
     def buffer(self) -> Tensor:

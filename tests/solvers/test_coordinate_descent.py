@@ -219,7 +219,7 @@ def test_compiled_gram_growth_reallocates_and_resets():
         Xt, G, slot, count = cache.arrays()
         Xt, G, count = _grow(X.numpy(), c, W.numpy(), Xt, G, slot, count, 400)
         slots = torch.from_numpy(slot[W.numpy()])
-        cache.adopt(Xt, G, count, slots, 0.0)
+        cache.adopt(Xt, G, count, slots)
         X_W = X[:, W]
         assert torch.allclose(cache.matrix(slots), c * X_W.T @ X_W, rtol=1e-13, atol=1e-12)
         w_W = torch.randn(size, generator=gen, dtype=F64)
